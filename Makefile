@@ -1,0 +1,36 @@
+# StreamFormer monorepo. `make demo` and `make test` work on a fresh machine: they create
+# .venv, install every package in editable mode with the pins of constraints.txt, then run.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PACKAGES := $(wildcard packages/*/pyproject.toml)
+PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: constraints.txt $(PACKAGES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) $(foreach p,$(dir $(PACKAGES)),-e $(p)[test]) ruff 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+	$(BIN)/python -c "import streamformer, torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $@
+
+demo: setup
+	$(BIN)/python -m streamformer.demo --output runs/demo
+
+test: setup
+	$(BIN)/python -m pytest packages -q
+
+lint: setup
+	$(BIN)/ruff check packages benchmarks
+	$(BIN)/ruff format --check packages benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/streaming_latency.py --output docs/benchmarks/streaming_latency.md
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,106 @@
+"""StreamFormer configuration.
+
+The fields mirror the original `StreamformerConfig` (so its `config.json` converts one to one),
+plus the knobs this implementation adds: LoRA rank/alpha, the temporal position policy and an
+optional SigLIP text tower for the dual-encoder `StreamFormerModel`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig, SiglipTextConfig
+from transformers.configuration_utils import SubConfigSpec
+
+TEMPORAL_POSITION_POLICIES = ("clamp", "interpolate")
+
+# Keys of the original config.json that carry no information for this implementation.
+_ORIGINAL_IGNORED_KEYS = ("clip_config", "architectures", "transformers_version", "model_type", "torch_dtype", "dtype")
+
+
+class StreamFormerConfig(PretrainedConfig):
+    r"""Configuration of a StreamFormer video backbone (and, with `text_config`, its text tower).
+
+    Defaults are the released ViT-B/16 model: 224 px, patch 16, 12 layers of width 768, 16 learned
+    time-embedding rows, exact (erf) GELU, causal temporal attention and rank-32 LoRA (scale 1) on
+    the spatial attention.
+
+    Args:
+        num_frames: rows of the learned time-embedding table (the training clip length).
+        hidden_act: activation of the block MLPs and the pooling head. The original uses exact
+            `"gelu"` although SigLIP was trained with `"gelu_pytorch_tanh"`.
+        enable_causal_temporal: causal (streamable) temporal attention; `False` makes it
+            bidirectional (offline only, used by the temporal ablation).
+        add_lora_spatial: build LoRA adapters (through peft) on the spatial qkv and output projection.
+        lora_rank, lora_alpha: LoRA shape; the original uses rank 32 with scale alpha/rank = 1.
+        temporal_position: how frames past `num_frames` get a time embedding. `"clamp"` (default):
+            frame t uses row min(t, num_frames - 1), streamable to any length. `"interpolate"`: the
+            original's offline nearest resampling of the table to the clip length; not streamable
+            past `num_frames`.
+        text_config: a `SiglipTextConfig` (or dict) for `StreamFormerModel`; the vision model
+            ignores it.
+    """
+
+    model_type = "streamformer"
+    sub_configs_defaults = {"text_config": SubConfigSpec(SiglipTextConfig, optional=True)}
+
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    num_frames: int = 16
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-6
+    qkv_bias: bool = True
+    attention_type: str = "divided_space_time"
+    drop_path_rate: float = 0.0
+    enable_causal_temporal: bool = True
+    add_lora_spatial: bool = True
+    lora_rank: int = 32
+    lora_alpha: float = 32.0
+    temporal_position: str = "clamp"
+    text_config: dict | PretrainedConfig | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        if self.attention_type != "divided_space_time":
+            raise ValueError(
+                f"attention_type={self.attention_type!r} is not supported: StreamFormer uses "
+                "'divided_space_time' (the original's other modes were never trained)."
+            )
+        if self.temporal_position not in TEMPORAL_POSITION_POLICIES:
+            raise ValueError(f"temporal_position must be one of {TEMPORAL_POSITION_POLICIES}, got {self.temporal_position!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+        if self.add_lora_spatial and self.lora_rank < 1:
+            raise ValueError(f"add_lora_spatial needs lora_rank >= 1, got {self.lora_rank}")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @classmethod
+    def from_original(cls, original: dict[str, Any], **overrides: Any) -> StreamFormerConfig:
+        """Convert the original `config.json` (model_type "timesformer") into ours.
+
+        LoRA presence is decided by the checkpoint's tensors, not by `add_lora_spatial` (the original
+        silently dropped LoRA weights when the flag was off), so callers pass it in `overrides`.
+        """
+        fields = {k: v for k, v in original.items() if k not in _ORIGINAL_IGNORED_KEYS}
+        # The original defaults to bidirectional temporal attention when the key is absent.
+        fields.setdefault("enable_causal_temporal", False)
+        fields.setdefault("hidden_act", "gelu")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"original config has keys this converter does not know: {unknown}")
+        fields.update(overrides)
+        return cls(**fields)

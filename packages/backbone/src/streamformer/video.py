@@ -1,0 +1,214 @@
+"""Reading videos for StreamFormer: decord decoding, frame sampling, SigLIP preprocessing.
+
+Frames come out as float tensors [T, 3, S, S] in [-1, 1] (SigLIP's (x / 255 - 0.5) / 0.5),
+ready to be batched into the model's [B, T, 3, S, S]. Every decoding failure raises
+`VideoReadError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+RESIZE_MODES = ("resize", "center_crop")
+
+
+class VideoReadError(RuntimeError):
+    """A video file could not be opened or decoded."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+
+def open_video(path: str | os.PathLike):
+    """A decord `VideoReader` for `path`; raises `VideoReadError` for missing, empty or broken files."""
+    import decord  # imported lazily: decoding is optional for users who feed tensors
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise VideoReadError(f"video file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise VideoReadError(f"video file is empty (0 bytes): {path}")
+    try:
+        reader = decord.VideoReader(path, num_threads=1)
+    except Exception as error:  # decord raises its own DECORDError (and RuntimeError) on bad input
+        raise VideoReadError(f"cannot open video {path}: {str(error).splitlines()[0]}") from error
+    if len(reader) == 0:
+        raise VideoReadError(f"video has no frames: {path}")
+    return reader
+
+
+def video_info(path: str | os.PathLike) -> VideoInfo:
+    reader = open_video(path)
+    height, width = reader[0].shape[:2]
+    return VideoInfo(str(path), len(reader), float(reader.get_avg_fps()), height, width)
+
+
+def segment_indices(num_frames: int, num_segments: int, generator: torch.Generator | None = None) -> list[int]:
+    """One frame per equal segment of the video (TSN-style uniform sampling).
+
+    With a `generator`, a random frame of each segment (training); without, each segment's middle
+    frame (evaluation). Videos shorter than `num_segments` repeat frames.
+    """
+    if num_frames < 1 or num_segments < 1:
+        raise ValueError(f"need num_frames >= 1 and num_segments >= 1, got {num_frames} and {num_segments}")
+    edges = torch.linspace(0, num_frames, num_segments + 1, dtype=torch.float64)
+    start, length = edges[:-1], edges[1:] - edges[:-1]
+    offset = torch.rand(num_segments, generator=generator, dtype=torch.float64) if generator is not None else 0.5
+    return (start + offset * length).floor().clamp(max=num_frames - 1).long().tolist()
+
+
+def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> list[int]:
+    """Frame indices that resample a `source_fps` video to `target_fps` (evenly spaced, ends kept)."""
+    if source_fps <= 0 or target_fps <= 0:
+        raise ValueError(f"fps must be positive, got source {source_fps} and target {target_fps}")
+    count = max(1, int(num_frames / source_fps * target_fps))
+    return np.linspace(0, num_frames - 1, count).round().astype(int).tolist()
+
+
+def read_frames(reader, indices: Sequence[int], path: str) -> Tensor:
+    """Decode `indices` (frame numbers) from an open reader of `path` -> uint8 [T, H, W, 3]."""
+    height, width = reader[0].shape[:2]
+    try:
+        frames = reader.get_batch(list(indices)).asnumpy()
+    except Exception as error:
+        if not _decord_misreads(width):
+            raise VideoReadError(f"cannot decode frames {indices[0]}..{indices[-1]} of {path}: {str(error).splitlines()[0]}") from error
+        frames = None
+    if frames is None or frames.shape[1:] != (height, width, 3):
+        frames = _read_frames_pyav(path, indices)
+    return torch.from_numpy(frames)
+
+
+def _decord_misreads(width: int) -> bool:
+    # decord 0.6 copies rows with a padded stride for some narrow widths (16, 24, 48, 72 px...)
+    # and fails or returns 4-channel garbage; such videos are decoded with PyAV instead.
+    return width < 128
+
+
+def _read_frames_pyav(path: str, indices: Sequence[int]) -> np.ndarray:
+    import av
+
+    wanted = sorted(set(indices))
+    decoded: dict[int, np.ndarray] = {}
+    try:
+        with av.open(path) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted:
+                    decoded[i] = frame.to_ndarray(format="rgb24")
+                if i >= wanted[-1]:
+                    break
+    except Exception as error:
+        raise VideoReadError(f"cannot decode {path}: {error}") from error
+    missing = [i for i in wanted if i not in decoded]
+    if missing:
+        raise VideoReadError(f"{path} ended before frame {missing[0]} (truncated file?)")
+    return np.stack([decoded[i] for i in indices])
+
+
+def preprocess(frames: Tensor, size: int = 224, mode: str = "resize") -> Tensor:
+    """uint8 frames [T, H, W, 3] -> float [T, 3, size, size] in [-1, 1].
+
+    `resize` stretches to size x size with bicubic (SigLIP's processor); `center_crop` resizes the
+    short side to `size` (bilinear) and crops the centre (the OAD feature protocol).
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [T, H, W, 3] RGB, got shape {tuple(frames.shape)}")
+    if frames.dtype != torch.uint8:
+        raise TypeError(f"frames must be uint8, got {frames.dtype}")
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"mode must be one of {RESIZE_MODES}, got {mode!r}")
+    x = frames.permute(0, 3, 1, 2).float()
+    if mode == "resize":
+        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    else:
+        h, w = x.shape[-2:]
+        scale = size / min(h, w)
+        x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bilinear", antialias=True)
+        top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+        x = x[..., top : top + size, left : left + size]
+    return (x.clamp(0, 255) / 255.0 - 0.5) / 0.5
+
+
+def load_clip(
+    path: str | os.PathLike, num_frames: int = 16, size: int = 224, mode: str = "resize", generator: torch.Generator | None = None
+) -> Tensor:
+    """A clip of `num_frames` uniformly sampled frames -> [num_frames, 3, size, size]."""
+    reader = open_video(path)
+    return preprocess(read_frames(reader, segment_indices(len(reader), num_frames, generator), str(path)), size, mode)
+
+
+class FrameSource:
+    """The frames of a video file in chunks, for streaming: yields ([t, 3, S, S], frame indices).
+
+    Args:
+        path: video file.
+        chunk_size: frames per chunk (the last one may be shorter).
+        fps: resample to this rate first (None: every decoded frame).
+        size, mode: preprocessing, see `preprocess`.
+    """
+
+    def __init__(self, path: str | os.PathLike, chunk_size: int = 1, fps: float | None = None, size: int = 224, mode: str = "resize") -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.path = str(path)
+        self.reader = open_video(path)
+        self.source_fps = float(self.reader.get_avg_fps())
+        total = len(self.reader)
+        self.indices = resample_indices(total, self.source_fps, fps) if fps else list(range(total))
+        self.fps = fps or self.source_fps
+        self.chunk_size, self.size, self.mode = chunk_size, size, mode
+
+    def __len__(self) -> int:
+        """Number of chunks."""
+        return -(-len(self.indices) // self.chunk_size)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, list[int]]]:
+        for start in range(0, len(self.indices), self.chunk_size):
+            indices = self.indices[start : start + self.chunk_size]
+            yield preprocess(read_frames(self.reader, indices, self.path), self.size, self.mode), indices
+
+
+def write_video(path: str | os.PathLike, frames: Tensor | np.ndarray, fps: float = 25.0) -> Path:
+    """Encode uint8 RGB frames [T, H, W, 3] to an H.264 mp4 with PyAV (written atomically)."""
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(f"frames must be non-empty uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    height, width = frames.shape[1:3]
+    if height % 2 or width % 2:
+        raise ValueError(f"H.264 (yuv420p) needs even height and width, got {height}x{width}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with av.open(str(partial), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "18", "g": "16"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    os.replace(partial, path)
+    return path
