@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import SiglipConfig, SiglipModel
-
 from streamformer import StreamFormerConfig, StreamFormerVisionModel
+from transformers import SiglipConfig, SiglipModel
 
 TINY = dict(
     image_size=32,
@@ -55,12 +54,24 @@ def tiny_siglip(hidden_act: str = "gelu", seed: int = 0) -> SiglipModel:
     torch.manual_seed(seed)
     config = SiglipConfig(
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            image_size=32, patch_size=8, hidden_act=hidden_act,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            hidden_act=hidden_act,
         ),
         text_config=dict(
-            vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
         ),
     )
     model = SiglipModel(config).eval()
@@ -131,13 +142,26 @@ def original_layout_checkpoint(directory, num_layers: int = 12, lora: bool = Tru
     config = {
         "model_type": "timesformer",
         "architectures": ["TimesformerMultiTaskingModelSigLIP"],
-        "image_size": 32, "patch_size": 8, "num_channels": 3, "num_frames": f, "hidden_size": d,
-        "num_hidden_layers": num_layers, "num_attention_heads": 4, "intermediate_size": i,
-        "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-        "initializer_range": 0.02, "layer_norm_eps": 1e-6, "qkv_bias": True,
-        "attention_type": "divided_space_time", "drop_path_rate": 0.0,
-        "clip_config": {"model_type": "siglip"}, "enable_causal_temporal": True,
-        "add_lora_spatial": lora, "transformers_version": "4.52.3",
+        "image_size": 32,
+        "patch_size": 8,
+        "num_channels": 3,
+        "num_frames": f,
+        "hidden_size": d,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": 4,
+        "intermediate_size": i,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-6,
+        "qkv_bias": True,
+        "attention_type": "divided_space_time",
+        "drop_path_rate": 0.0,
+        "clip_config": {"model_type": "siglip"},
+        "enable_causal_temporal": True,
+        "add_lora_spatial": lora,
+        "transformers_version": "4.52.3",
     }
     directory.mkdir(parents=True, exist_ok=True)
     save_file(state, directory / "model.safetensors")

@@ -6,10 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import original_layout_checkpoint, tiny_model, tiny_siglip
-from transformers import AutoModel
-
 from streamformer import StreamFormerModel, StreamFormerVisionModel
 from streamformer.checkpoints import detect_format, from_siglip, load_original
+from transformers import AutoModel
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_pytorch_tanh"])
@@ -60,8 +59,16 @@ def _attention(x, w, b, out_w, out_b, heads, causal, lora=None, out_lora=None):
 def original_forward(sd, video, layers, heads=4):
     """The original forward, written from the reference text: patch-major token layout n*T + t."""
     b, t = video.shape[:2]
-    x = F.conv2d(video.flatten(0, 1), sd["embeddings.patch_embeddings.projection.weight"],
-                 sd["embeddings.patch_embeddings.projection.bias"], stride=8).flatten(2).transpose(1, 2)
+    x = (
+        F.conv2d(
+            video.flatten(0, 1),
+            sd["embeddings.patch_embeddings.projection.weight"],
+            sd["embeddings.patch_embeddings.projection.bias"],
+            stride=8,
+        )
+        .flatten(2)
+        .transpose(1, 2)
+    )
     x = x + sd["embeddings.position_embeddings"]
     n, d = x.shape[1:]
     x = x.view(b, t, n, d).permute(0, 2, 1, 3).reshape(b * n, t, d) + sd["embeddings.time_embeddings"][:, :t]
@@ -73,25 +80,44 @@ def original_forward(sd, video, layers, heads=4):
     for i in range(layers):
         p = f"encoder.layer.{i}."
         xt = ln(x.reshape(b * n, t, d), p + "temporal_layernorm")
-        a = _attention(xt, sd[p + "temporal_attention.attention.qkv.weight"], sd[p + "temporal_attention.attention.qkv.bias"],
-                       sd[p + "temporal_attention.output.dense.weight"], sd[p + "temporal_attention.output.dense.bias"], heads, True)
+        a = _attention(
+            xt,
+            sd[p + "temporal_attention.attention.qkv.weight"],
+            sd[p + "temporal_attention.attention.qkv.bias"],
+            sd[p + "temporal_attention.output.dense.weight"],
+            sd[p + "temporal_attention.output.dense.bias"],
+            heads,
+            True,
+        )
         r = F.linear(a.reshape(b, n * t, d), sd[p + "temporal_dense.weight"], sd[p + "temporal_dense.bias"])
         x1 = x + torch.tanh(sd[p + "temporal_attention_gating"]) * r
         xs = ln(x1.view(b, n, t, d).permute(0, 2, 1, 3).reshape(b * t, n, d), p + "layernorm_before")
-        s = _attention(xs, sd[p + "attention.attention.qkv.weight"], sd[p + "attention.attention.qkv.bias"],
-                       sd[p + "attention.output.dense.weight"], sd[p + "attention.output.dense.bias"], heads, False,
-                       lora=(sd[p + "attention.attention.qkv_lora_a.weight"], sd[p + "attention.attention.qkv_lora_b.weight"]),
-                       out_lora=(sd[p + "attention.output.dense_lora_a.weight"], sd[p + "attention.output.dense_lora_b.weight"]))
+        s = _attention(
+            xs,
+            sd[p + "attention.attention.qkv.weight"],
+            sd[p + "attention.attention.qkv.bias"],
+            sd[p + "attention.output.dense.weight"],
+            sd[p + "attention.output.dense.bias"],
+            heads,
+            False,
+            lora=(sd[p + "attention.attention.qkv_lora_a.weight"], sd[p + "attention.attention.qkv_lora_b.weight"]),
+            out_lora=(sd[p + "attention.output.dense_lora_a.weight"], sd[p + "attention.output.dense_lora_b.weight"]),
+        )
         x2 = x1 + s.view(b, t, n, d).permute(0, 2, 1, 3).reshape(b, n * t, d)
-        h = F.gelu(F.linear(ln(x2, p + "layernorm_after"), sd[p + "intermediate.dense.weight"], sd[p + "intermediate.dense.bias"]))
+        h = F.gelu(
+            F.linear(ln(x2, p + "layernorm_after"), sd[p + "intermediate.dense.weight"], sd[p + "intermediate.dense.bias"])
+        )
         x = x2 + F.linear(h, sd[p + "output.dense.weight"], sd[p + "output.dense.bias"])
     x = ln(x, "post_layernorm")
     frames = x.view(b, n, t, d).permute(0, 2, 1, 3).reshape(b * t, n, d)
     pool = torch.nn.MultiheadAttention(d, heads, batch_first=True)
     pool.load_state_dict({k.removeprefix("head.attention."): v for k, v in sd.items() if k.startswith("head.attention.")})
     y = pool(sd["head.probe"].expand(b * t, 1, d), frames, frames)[0]
-    y = y + F.linear(F.gelu(F.linear(ln(y, "head.layernorm"), sd["head.mlp.fc1.weight"], sd["head.mlp.fc1.bias"])),
-                     sd["head.mlp.fc2.weight"], sd["head.mlp.fc2.bias"])
+    y = y + F.linear(
+        F.gelu(F.linear(ln(y, "head.layernorm"), sd["head.mlp.fc1.weight"], sd["head.mlp.fc1.bias"])),
+        sd["head.mlp.fc2.weight"],
+        sd["head.mlp.fc2.bias"],
+    )
     return frames.view(b, t, n, d), y[:, 0].view(b, t, d)
 
 
@@ -109,10 +135,13 @@ def test_original_checkpoint_key_for_key(tmp_path, prefix):
     assert len(ours) == 329 - 12
     plain = {k.removeprefix(prefix): v for k, v in state.items()}
     assert torch.equal(ours["encoder.layer.3.temporal_dense.weight"], plain["encoder.layer.3.temporal_dense.weight"])
-    assert torch.equal(ours["encoder.layer.3.attention.attention.qkv.base_layer.weight"],
-                       plain["encoder.layer.3.attention.attention.qkv.weight"])
-    assert torch.equal(ours["encoder.layer.3.attention.output.dense.lora_B.default.weight"],
-                       plain["encoder.layer.3.attention.output.dense_lora_b.weight"])
+    assert torch.equal(
+        ours["encoder.layer.3.attention.attention.qkv.base_layer.weight"], plain["encoder.layer.3.attention.attention.qkv.weight"]
+    )
+    assert torch.equal(
+        ours["encoder.layer.3.attention.output.dense.lora_B.default.weight"],
+        plain["encoder.layer.3.attention.output.dense_lora_b.weight"],
+    )
 
 
 @torch.no_grad()
@@ -153,7 +182,7 @@ def test_training_checkpoint_with_heads(tmp_path):
     state["task_heads.Kinetics.logit_scale"] = torch.tensor(1.0)
     state["logit_scale"] = torch.tensor(1.0)
     torch.save({"model": state, "epoch": 3}, tmp_path / "checkpoint-epoch_3.pth")
-    model, report = load_original(tmp_path / "checkpoint-epoch_3.pth", config=config)
+    _, report = load_original(tmp_path / "checkpoint-epoch_3.pth", config=config)
     assert report.ok
     assert {"text_encoder.text_model.head.weight", "task_heads.Kinetics.logit_scale", "logit_scale"} <= set(report.ignored)
 

@@ -3,7 +3,6 @@
 import pytest
 import torch
 from conftest import tiny_config, tiny_model
-
 from streamformer import StreamFormerModel, StreamFormerVisionModel
 
 
@@ -130,8 +129,17 @@ def test_training_forward_backward(video_tensor):
 
 
 def test_dual_encoder_logits_and_sigmoid_loss(video_tensor):
-    text = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                max_position_embeddings=8, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    text = dict(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        max_position_embeddings=8,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     model = StreamFormerModel(tiny_config(text_config=text)).eval()
     ids = torch.randint(3, 50, (2, 8))
     out = model(video_tensor, ids, return_loss=True)

@@ -50,8 +50,7 @@ def check_window(max_frames: int | None, sink_frames: int) -> None:
         return
     if max_frames <= sink_frames:
         raise ValueError(
-            f"max_frames ({max_frames}) must exceed sink_frames ({sink_frames}): "
-            "a frame must always see itself besides the sinks"
+            f"max_frames ({max_frames}) must exceed sink_frames ({sink_frames}): a frame must always see itself besides the sinks"
         )
 
 

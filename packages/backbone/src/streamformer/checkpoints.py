@@ -73,8 +73,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(
-            f"cannot load {path} with weights_only=True ({error}); re-save its tensors with "
-            "torch.save(state_dict) or safetensors"
+            f"cannot load {path} with weights_only=True ({error}); re-save its tensors with torch.save(state_dict) or safetensors"
         ) from error
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
@@ -131,7 +130,7 @@ def siglip_vision_state_dict(siglip_vision: dict[str, Tensor]) -> dict[str, Tens
                 "mlp.fc2.": "output.dense.",
             }
             prefix = next(p for p in renames if rest.startswith(p))
-            out[f"encoder.layer.{i}.{renames[prefix]}{rest[len(prefix):]}"] = value
+            out[f"encoder.layer.{i}.{renames[prefix]}{rest[len(prefix) :]}"] = value
         elif key != "embeddings.position_ids":
             raise KeyError(f"unknown SigLIP vision key {key!r}")
     return out
@@ -295,7 +294,7 @@ def load_original(
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """"siglip", "original" or "streamformer", from the directory's config.json model_type."""
+    """ "siglip", "original" or "streamformer", from the directory's config.json model_type."""
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"no config.json in {path}")

@@ -178,7 +178,10 @@ class StreamFormerSelfAttention(nn.Module):
         self.dropout = config.attention_probs_dropout_prob
         qkv, dense = nn.Linear(dim, 3 * dim, bias=config.qkv_bias), nn.Linear(dim, dim)
         if lora:
-            qkv, dense = lora_linear(qkv, config.lora_rank, config.lora_alpha), lora_linear(dense, config.lora_rank, config.lora_alpha)
+            qkv, dense = (
+                lora_linear(qkv, config.lora_rank, config.lora_alpha),
+                lora_linear(dense, config.lora_rank, config.lora_alpha),
+            )
         self.attention = Namespace(qkv=qkv)
         self.output = Namespace(dense=dense)
 
@@ -489,7 +492,9 @@ class StreamFormerModel(StreamFormerPreTrainedModel):
     def __init__(self, config: StreamFormerConfig) -> None:
         super().__init__(config)
         if config.text_config is None:
-            raise ValueError("StreamFormerModel needs config.text_config (a SiglipTextConfig); use StreamFormerVisionModel for video alone")
+            raise ValueError(
+                "StreamFormerModel needs config.text_config (a SiglipTextConfig); use StreamFormerVisionModel for video alone"
+            )
         self.timesformer = StreamFormerVisionModel(config)
         self.text_encoder = SiglipTextModel(config.text_config)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))

@@ -90,7 +90,9 @@ def read_frames(reader, indices: Sequence[int], path: str) -> Tensor:
         frames = reader.get_batch(list(indices)).asnumpy()
     except Exception as error:
         if not _decord_misreads(width):
-            raise VideoReadError(f"cannot decode frames {indices[0]}..{indices[-1]} of {path}: {str(error).splitlines()[0]}") from error
+            raise VideoReadError(
+                f"cannot decode frames {indices[0]}..{indices[-1]} of {path}: {str(error).splitlines()[0]}"
+            ) from error
         frames = None
     if frames is None or frames.shape[1:] != (height, width, 3):
         frames = _read_frames_pyav(path, indices)
@@ -165,7 +167,9 @@ class FrameSource:
         size, mode: preprocessing, see `preprocess`.
     """
 
-    def __init__(self, path: str | os.PathLike, chunk_size: int = 1, fps: float | None = None, size: int = 224, mode: str = "resize") -> None:
+    def __init__(
+        self, path: str | os.PathLike, chunk_size: int = 1, fps: float | None = None, size: int = 224, mode: str = "resize"
+    ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.path = str(path)

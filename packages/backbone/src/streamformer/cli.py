@@ -1,0 +1,243 @@
+"""The `streamformer` command: info, convert, encode, stream.
+
+streamformer info [--path PATH]               versions, devices; a checkpoint or video described
+streamformer convert SOURCE OUTPUT            SigLIP directory or original checkpoint -> ours
+streamformer encode VIDEO MODEL OUTPUT.safetensors [--fps 4]    features to a file
+streamformer stream VIDEO MODEL [--plot stream.png]            frame by frame through the cache
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from .checkpoints import detect_format, from_siglip, load_original
+from .model import StreamFormerModel, StreamFormerVisionModel
+from .video import FrameSource, VideoReadError, load_clip, video_info
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+Dtype = Literal["float32", "bfloat16"]
+
+
+def load_model(path: str, device: str = "cpu", dtype: Dtype = "float32") -> StreamFormerVisionModel:
+    """A StreamFormer vision model from our format or an original checkpoint directory."""
+    kind = detect_format(path)
+    if kind == "siglip":
+        raise ValueError(f"{path} is a SigLIP checkpoint: run `streamformer convert {path} OUTPUT` first")
+    model = load_original(path)[0] if kind == "original" else StreamFormerVisionModel.from_pretrained(path)
+    return model.to(device=device, dtype=DTYPES[dtype]).eval()
+
+
+def info(path: str | None = None) -> None:
+    """Print versions and devices; with PATH, describe a checkpoint directory or a video file.
+
+    Args:
+        path: a checkpoint directory (ours, original or SigLIP) or a video file.
+    """
+    import transformers
+
+    from . import __version__
+
+    print(f"streamformer {__version__}, torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"cuda available: {torch.cuda.is_available()}, threads: {torch.get_num_threads()}")
+    if path is None:
+        return
+    if Path(path).is_file():
+        meta = video_info(path)
+        print(f"video {path}: {meta.num_frames} frames, {meta.fps:.2f} fps, {meta.width}x{meta.height}, {meta.duration:.2f} s")
+        return
+    kind = detect_format(path)
+    print(f"checkpoint {path}: {kind} format")
+    if kind != "siglip":
+        model = load_model(path)
+        total = sum(p.numel() for p in model.parameters())
+        lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+        print(json.dumps({k: v for k, v in model.config.to_dict().items() if not k.startswith("_")}, indent=1, default=str))
+        print(f"parameters: {total:,} (LoRA {lora:,})")
+
+
+def convert(source: str, output: str, merge_lora: bool = False, num_frames: int = 16, hidden_act: str | None = "gelu") -> None:
+    """Convert a SigLIP directory or an original StreamFormer checkpoint to our format.
+
+    Args:
+        source: SigLIP directory (a new StreamFormer initialised from it) or original checkpoint directory.
+        output: directory to write (save_pretrained, safetensors).
+        merge_lora: fold LoRA into the spatial weights (original checkpoints).
+        num_frames: time-embedding rows (SigLIP initialisation).
+        hidden_act: block activation for SigLIP initialisation ("gelu" as the original; none keeps SigLIP's).
+    """
+    kind = detect_format(source)
+    if kind == "streamformer":
+        raise ValueError(f"{source} is already in StreamFormer format")
+    if kind == "siglip":
+        model = from_siglip(source, num_frames=num_frames, hidden_act=hidden_act)
+    else:
+        model, report = load_original(source, merge_lora=merge_lora)
+        print(f"loaded original checkpoint: {report}")
+    model.save_pretrained(output)
+    kind_name = "StreamFormerModel (video + text)" if isinstance(model, StreamFormerModel) else "StreamFormerVisionModel"
+    print(f"wrote {kind_name} to {output}")
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    partial = f"{path}.partial"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, partial, metadata=metadata)
+    os.replace(partial, path)
+
+
+@torch.inference_mode()
+def encode(
+    video: str,
+    model: str,
+    output: str,
+    num_frames: int = 16,
+    fps: float | None = None,
+    chunk_size: int = 16,
+    max_frames: int | None = None,
+    sink_frames: int = 0,
+    spatial: bool = True,
+    device: str = "cpu",
+    dtype: Dtype = "float32",
+) -> None:
+    """Encode a video to spatial [T, N, D], temporal [T, D] and global [D] features (safetensors).
+
+    Without --fps: one clip of NUM_FRAMES uniformly sampled frames, run offline. With --fps: every
+    frame at that rate, streamed through the KV cache in chunks (any length; window optional).
+
+    Args:
+        video: video file.
+        model: StreamFormer checkpoint directory.
+        output: .safetensors file to write (atomically).
+        num_frames: clip length when --fps is not given.
+        fps: stream the whole video at this frame rate.
+        chunk_size: frames per forward call when streaming.
+        max_frames: temporal window in frames (streaming); none = unbounded.
+        sink_frames: first frames kept attendable under the window.
+        spatial: also save the spatial features (the largest part).
+    """
+    net = load_model(model, device, dtype)
+    size = net.config.image_size
+    to_model = {"device": device, "dtype": DTYPES[dtype]}
+    if fps is None:
+        clip = load_clip(video, num_frames, size)[None].to(**to_model)
+        out = net(clip, max_frames=max_frames, sink_frames=sink_frames)
+        spatial_t, temporal_t, indices = out.last_hidden_state[0], out.pooler_output[0], []
+    else:
+        source = FrameSource(video, chunk_size=chunk_size, fps=fps, size=size)
+        cache = net.new_cache(max_frames=max_frames, sink_frames=sink_frames)
+        spatial_parts, temporal_parts, indices = [], [], []
+        for frames, idx in tqdm(source, desc=f"encode {Path(video).name}", unit="chunk"):
+            out = net(frames[None].to(**to_model), cache=cache)
+            temporal_parts.append(out.pooler_output[0].float().cpu())
+            if spatial:
+                spatial_parts.append(out.last_hidden_state[0].float().cpu())
+            indices += idx
+        temporal_t = torch.cat(temporal_parts)
+        spatial_t = torch.cat(spatial_parts) if spatial else None
+    tensors = {"temporal": temporal_t.float().cpu(), "global": temporal_t[-1].float().cpu().clone()}
+    if spatial:
+        tensors["spatial"] = spatial_t.float().cpu()
+    meta = {"video": str(video), "model": str(model), "fps": str(fps or ""), "frame_indices": json.dumps(indices)}
+    _atomic_save(tensors, output, meta)
+    print(f"wrote {output}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items()))
+
+
+@torch.inference_mode()
+def stream(
+    video: str,
+    model: str,
+    fps: float | None = None,
+    chunk_size: int = 1,
+    max_frames: int | None = None,
+    sink_frames: int = 0,
+    plot: str | None = "stream.png",
+    device: str = "cpu",
+    dtype: Dtype = "float32",
+) -> list[dict]:
+    """Stream a video frame by frame through the KV cache; print per-frame outputs and timings.
+
+    Args:
+        video: video file.
+        model: StreamFormer checkpoint directory.
+        fps: resample the video to this rate first.
+        chunk_size: frames per forward call.
+        max_frames: temporal window in frames; none = unbounded.
+        sink_frames: first frames kept attendable under the window.
+        plot: PNG to save per-frame latency and feature plots to (none: no plot).
+    """
+    net = load_model(model, device, dtype)
+    source = FrameSource(video, chunk_size=chunk_size, fps=fps, size=net.config.image_size)
+    cache = net.new_cache(max_frames=max_frames, sink_frames=sink_frames)
+    records, previous = [], None
+    bar = tqdm(source, desc=f"stream {Path(video).name}", unit="chunk")
+    for frames, indices in bar:
+        start = time.perf_counter()
+        out = net(frames[None].to(device=device, dtype=DTYPES[dtype]), cache=cache)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        latency = (time.perf_counter() - start) * 1000 / len(indices)
+        for i, feature in zip(indices, out.pooler_output[0].float().cpu(), strict=True):
+            cos = float(torch.cosine_similarity(feature, previous, dim=0)) if previous is not None else 1.0
+            previous = feature
+            record = {
+                "frame": i,
+                "time_s": i / source.source_fps,
+                "latency_ms": latency,
+                "norm": float(feature.norm()),
+                "cos_prev": cos,
+            }
+            records.append(record)
+            bar.write(
+                f"frame {i:5d}  t={record['time_s']:7.2f}s  {latency:8.2f} ms/frame  |f|={record['norm']:8.3f}  cos(prev)={cos:+.4f}"
+            )
+    mean = sum(r["latency_ms"] for r in records[1:]) / max(1, len(records) - 1)
+    print(f"{len(records)} frames, {mean:.2f} ms per frame after the first, cache {cache.nbytes() / 2**20:.1f} MiB")
+    if plot:
+        plot_stream(records, plot, title=f"{Path(video).name} through {Path(model).name}")
+        print(f"plot: {plot}")
+    return records
+
+
+def plot_stream(records: list[dict], path: str, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["time_s"] for r in records]
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    axes[0].plot(t, [r["latency_ms"] for r in records], ".-")
+    axes[0].set_ylabel("latency (ms / frame)")
+    axes[1].plot(t, [r["cos_prev"] for r in records], ".-", color="tab:green")
+    axes[1].set_ylabel("cos(f_t, f_t-1)")
+    axes[2].plot(t, [r["norm"] for r in records], ".-", color="tab:orange")
+    axes[2].set_ylabel("|temporal feature|")
+    axes[2].set_xlabel("video time (s)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from jsonargparse import CLI
+
+    try:
+        CLI([info, convert, encode, stream], args=argv, as_positional=True)
+    except (VideoReadError, FileNotFoundError, ValueError) as error:
+        print(f"streamformer: error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The `streamformer` command end to end on tiny checkpoints and videos the test writes."""
+
+import json
+
+import pytest
+import torch
+from conftest import original_layout_checkpoint, tiny_model, tiny_siglip
+from safetensors import safe_open
+from streamformer import StreamFormerModel, StreamFormerVisionModel
+from streamformer.cli import main
+from test_video import counter_video
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_info(model_dir, tmp_path, capsys):
+    main(["info", "--path", str(model_dir)])
+    out = capsys.readouterr().out
+    assert "streamformer format" in out and '"hidden_size": 32' in out
+    main(["info", "--path", str(counter_video(tmp_path / "v.mp4"))])
+    assert "30 frames, 10.00 fps, 96x64" in capsys.readouterr().out
+
+
+def test_convert_siglip_and_original(tmp_path, capsys):
+    tiny_siglip().save_pretrained(tmp_path / "siglip")
+    main(["convert", str(tmp_path / "siglip"), str(tmp_path / "from-siglip"), "--num_frames", "8"])
+    assert isinstance(StreamFormerModel.from_pretrained(tmp_path / "from-siglip"), StreamFormerModel)
+
+    original_layout_checkpoint(tmp_path / "original", num_layers=2)
+    main(["convert", str(tmp_path / "original"), str(tmp_path / "ours"), "--merge_lora", "true"])
+    assert "ignored: 2" in capsys.readouterr().out
+    converted = StreamFormerVisionModel.from_pretrained(tmp_path / "ours")
+    assert not converted.config.add_lora_spatial
+
+
+@torch.no_grad()
+def test_encode_clip_and_stream_agree(model_dir, tmp_path):
+    video = counter_video(tmp_path / "v.mp4", num_frames=20, fps=10)
+    main(["encode", str(video), str(model_dir), str(tmp_path / "clip.safetensors"), "--num_frames", "4"])
+    with safe_open(tmp_path / "clip.safetensors", "pt") as f:
+        assert f.get_tensor("spatial").shape == (4, 16, 32) and f.get_tensor("global").shape == (32,)
+
+    main(
+        [
+            "encode",
+            str(video),
+            str(model_dir),
+            str(tmp_path / "s.safetensors"),
+            "--fps",
+            "10",
+            "--chunk_size",
+            "3",
+            "--max_frames",
+            "4",
+        ]
+    )
+    with safe_open(tmp_path / "s.safetensors", "pt") as f:
+        temporal = f.get_tensor("temporal")
+        indices = json.loads(f.metadata()["frame_indices"])
+    assert temporal.shape == (20, 32) and indices == list(range(20))
+    # Streaming in chunks of 3 equals one offline pass over all frames with the same window.
+    from streamformer.video import load_clip
+
+    frames = load_clip(video, num_frames=20, size=32)
+    offline = StreamFormerVisionModel.from_pretrained(model_dir).eval()(frames[None], max_frames=4).pooler_output[0]
+    torch.testing.assert_close(temporal, offline, atol=1e-5, rtol=0)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_stream_prints_frames_and_plots(model_dir, tmp_path, capsys):
+    video = counter_video(tmp_path / "v.mp4", num_frames=12, fps=10)
+    main(["stream", str(video), str(model_dir), "--max_frames", "4", "--plot", str(tmp_path / "s.png")])
+    out = capsys.readouterr().out
+    assert out.count("ms/frame") == 12 and "12 frames" in out
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+
+
+def test_bad_arguments_are_clear_errors(model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["stream", str(tmp_path / "nothing.mp4"), str(model_dir)])
+    assert "video file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["stream", str(counter_video(tmp_path / "v.mp4")), str(model_dir), "--max_frames", "2", "--sink_frames", "2"])
+    assert "must exceed sink_frames" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["encode", "v.mp4", str(tmp_path), "x.safetensors"])
+    assert "no config.json" in capsys.readouterr().err
