@@ -176,7 +176,8 @@ class TemporalKVCache:
             # keeps each slot written once (index_copy_ with repeated indices is undefined).
             recent = self.max_frames - self.sink_frames
             keep = (frames < self.sink_frames) | (frames > frames[-1] - recent)
-            key, value, frames = key[:, :, keep], value[:, :, keep], frames[keep]
+            if not keep.all():
+                key, value, frames = key[:, :, keep], value[:, :, keep], frames[keep]
         else:
             self._grow(layer, int(frames[-1]) - self.start_frame + 1)
         slots = self._slots(frames)

@@ -123,7 +123,10 @@ def attention(
     implementation: str = "sdpa",
 ) -> Tensor:
     """Scaled dot-product attention on [..., heads, L, head_dim]; `mask` is boolean, True = attend."""
-    if implementation == "sdpa":
+    # One query per sequence (a streamed frame's temporal attention) is memory-bound: on CPU two
+    # plain matmuls read the cached keys/values faster than the flash kernel does.
+    single_query_on_cpu = query.shape[-2] == 1 and query.device.type == "cpu"
+    if implementation == "sdpa" and not single_query_on_cpu:
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
     scores = (query @ key.transpose(-1, -2)) * query.shape[-1] ** -0.5
     if is_causal:
