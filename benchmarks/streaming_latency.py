@@ -109,7 +109,10 @@ def measure(dtype_name: str, device: str, rounds: int) -> dict:
     for r in range(rounds):
         for name, fn in methods.items():
             times[name].append(timed(fn, device))
-        print(f"  {dtype_name} round {r + 1}/{rounds}: " + ", ".join(f"{statistics.median(t):.0f}" for t in times.values()), flush=True)
+        print(
+            f"  {dtype_name} round {r + 1}/{rounds}: " + ", ".join(f"{statistics.median(t):.0f}" for t in times.values()),
+            flush=True,
+        )
     memory = {name: peak_memory_mib(fn, device) for name, fn in methods.items()}
     cache_mib = caches[16].nbytes() / 2**20
     return {"latency": {k: statistics.median(v) for k, v in times.items()}, "memory": memory, "cache_mib": cache_mib}
@@ -121,8 +124,7 @@ def report(results: dict, device: str, rounds: int) -> str:
         "# Streaming latency per new frame (ViT-B/16, 224 px, random weights)",
         "",
         "Produced by `make bench` (`python benchmarks/streaming_latency.py`); every number below comes",
-        "from one run of it, all methods interleaved round by round (median of "
-        f"{rounds} rounds).",
+        f"from one run of it, all methods interleaved round by round (median of {rounds} rounds).",
         "",
         f"Machine: {platform.processor() or platform.machine()}, device `{device}`, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}.",
@@ -139,7 +141,11 @@ def report(results: dict, device: str, rounds: int) -> str:
         "0 means the call fit in memory the allocator kept from earlier, larger calls: the working set",
         "of one cached frame is a single image forward plus the cache below.",
     ]
-    lines += ["", "Cache held for a 16-frame window: " + ", ".join(f"{d} {results[d]['cache_mib']:.0f} MiB" for d in results) + ".", ""]
+    lines += [
+        "",
+        "Cache held for a 16-frame window: " + ", ".join(f"{d} {results[d]['cache_mib']:.0f} MiB" for d in results) + ".",
+        "",
+    ]
     lines += ["| ratio | target | " + " | ".join(results) + " |", "|---|---|" + "---:|" * len(results)]
     ratios = {
         "(a) / (b), history 16": {d: a[d][16] / results[d]["latency"]["(b) SigLIP one frame"] for d in results},

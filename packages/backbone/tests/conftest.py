@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
-from streamformer import StreamFormerConfig, StreamFormerVisionModel
 from transformers import SiglipConfig, SiglipModel
+
+from streamformer import StreamFormerConfig, StreamFormerVisionModel
 
 TINY = dict(
     image_size=32,

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import original_layout_checkpoint, tiny_model, tiny_siglip
+from transformers import AutoModel
+
 from streamformer import StreamFormerModel, StreamFormerVisionModel
 from streamformer.checkpoints import detect_format, from_siglip, load_original
-from transformers import AutoModel
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_pytorch_tanh"])

@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import original_layout_checkpoint, tiny_model, tiny_siglip
 from safetensors import safe_open
+from test_video import counter_video
+
 from streamformer import StreamFormerModel, StreamFormerVisionModel
 from streamformer.cli import main
-from test_video import counter_video
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import tiny_config, tiny_model
+
 from streamformer import StreamFormerModel, StreamFormerVisionModel
 
 

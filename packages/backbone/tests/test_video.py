@@ -7,11 +7,13 @@ import av
 import numpy as np
 import pytest
 import torch
+
 from streamformer.video import (
     FrameSource,
     VideoReadError,
     load_clip,
     preprocess,
+    read_frames,
     resample_indices,
     segment_indices,
     video_info,
@@ -85,8 +87,6 @@ def test_narrow_videos_decode_correctly(tmp_path):
     with av.open(str(path)) as container:
         reference = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     source = FrameSource(path, chunk_size=6, size=32)
-    from streamformer.video import read_frames
-
     decoded = read_frames(source.reader, [1, 4], str(path))
     assert np.array_equal(decoded.numpy(), np.stack([reference[1], reference[4]]))
 

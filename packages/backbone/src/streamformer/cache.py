@@ -181,9 +181,14 @@ class TemporalKVCache:
         else:
             self._grow(layer, int(frames[-1]) - self.start_frame + 1)
         slots = self._slots(frames)
-        device_slots = slots.to(key.device, non_blocking=True)
-        self.keys[layer].index_copy_(2, device_slots, key)
-        self.values[layer].index_copy_(2, device_slots, value)
+        first = int(slots[0])
+        if bool((slots == torch.arange(first, first + len(slots))).all()):  # one run of slots: a slice copy
+            self.keys[layer][:, :, first : first + len(slots)].copy_(key)
+            self.values[layer][:, :, first : first + len(slots)].copy_(value)
+        else:  # the run wraps around the ring
+            device_slots = slots.to(key.device, non_blocking=True)
+            self.keys[layer].index_copy_(2, device_slots, key)
+            self.values[layer].index_copy_(2, device_slots, value)
         self.slot_frames[layer][slots] = frames
 
     def _grow(self, layer: int, needed: int) -> None:

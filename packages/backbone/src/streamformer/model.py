@@ -227,7 +227,9 @@ class StreamFormerLayer(nn.Module):
     def temporal(self, x: Tensor, context: TemporalContext, implementation: str) -> Tensor:
         """Temporal attention of every patch over its own past: [B, T, N, D] -> [B, T, N, D]."""
         b, t, n, d = x.shape
-        tokens = self.temporal_layernorm(x).transpose(1, 2).reshape(b * n, t, d)
+        # Contiguous on purpose: a strided [B*N, T, D] view sends bf16 Linear down a batched
+        # matmul that materialises the weight once per patch (measured 10x slower on CPU).
+        tokens = self.temporal_layernorm(x).transpose(1, 2).contiguous().view(b * n, t, d)
         q, k, v = self.temporal_attention.project_qkv(tokens)
         k, v, mask, is_causal = context.keys_values(self.layer_idx, k, v)
         dropout = self.temporal_attention.dropout if self.training else 0.0
