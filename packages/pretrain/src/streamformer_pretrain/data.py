@@ -1,0 +1,415 @@
+"""Readers of the original pretraining annotation formats, the task-balanced sampler, the DataModule.
+
+One reader per task (reference/streamformer.md section 7); each returns a sample dict or `None`
+when its video or annotation is broken. The collate function drops those, logs them by name and
+counts them in the batch (`skipped`), so nothing is silently replaced. Every batch holds one task.
+
+Randomness (frame offsets, caption choice, flips) comes from a per-sample seed the sampler derives
+from (seed, epoch, position): a run's data order and content are reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from streamformer.video import open_video, preprocess, read_frames, segment_indices
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("ar", "retrieval", "grounding", "localization", "vis", "rvos")
+
+
+@dataclass(frozen=True)
+class ClipOptions:
+    num_frames: int = 16
+    image_size: int = 224
+    train: bool = True
+    hflip: bool = False  # paired horizontal flip at train time (never for direction-sensitive text)
+
+
+def _read_csv(path: str | Path, header: bool = True) -> list[dict[str, str]] | list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f)) if header else [row for row in csv.reader(f) if row]
+
+
+def _literal(value: str) -> Any:
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value  # WebVid-style plain captions
+
+
+def _resize_masks(masks: Tensor, size: int) -> Tensor:
+    return F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")[:, 0].to(masks.dtype)
+
+
+class TaskDataset(Dataset):
+    """Base: `samples` from an annotation file; `load(sample, generator)` builds one training item."""
+
+    task: str
+
+    def __init__(self, options: ClipOptions) -> None:
+        self.options = options
+        self.samples: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def name(self, index: int) -> str:
+        return str(self.samples[index])
+
+    def load(self, sample: Any, generator: torch.Generator) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def get(self, index: int, seed: int) -> dict[str, Any] | None:
+        """The item, or None (logged with the reason) when its video or annotation is broken."""
+        generator = torch.Generator().manual_seed(seed)
+        try:
+            item = self.load(self.samples[index], generator)
+        except Exception as error:  # a broken file must not kill an epoch; it is named and counted
+            logger.warning("skipping %s sample %s: %s", self.task, self.name(index), error)
+            return None
+        item["task"] = self.task
+        if self.options.train and self.options.hflip and torch.rand((), generator=generator) < 0.5:
+            item["video"] = item["video"].flip(-1)
+            if "mask" in item:
+                item["mask"] = item["mask"].flip(-1)
+        return item
+
+    def clip(self, path: str | Path, generator: torch.Generator, start: float = 0.0, end: float | None = None, reader=None):
+        """Frames [T, 3, S, S], their frame indices and the video's fps, sampled one per segment of
+        the [start, end] seconds window (the whole video by default); random frame per segment
+        when training, middle frame otherwise."""
+        reader = reader or open_video(path)
+        fps = float(reader.get_avg_fps())
+        first = min(len(reader) - 1, int(start * fps))
+        last = len(reader) if end is None else max(first + 1, min(len(reader), int(np.ceil(end * fps))))
+        offsets = segment_indices(last - first, self.options.num_frames, generator if self.options.train else None)
+        indices = [first + i for i in offsets]
+        frames = preprocess(read_frames(reader, indices, str(path)), self.options.image_size)
+        return frames, indices, fps
+
+
+class ActionRecognitionDataset(TaskDataset):
+    """Kinetics/SSv2 CSV without header: `relative_video_path,class_name`; `label2id.json` {name: id}."""
+
+    task = "ar"
+
+    def __init__(self, csv_path: str, prefix: str, label2id: str, options: ClipOptions = ClipOptions()) -> None:
+        super().__init__(options)
+        self.prefix = Path(prefix)
+        self.label2id: dict[str, int] = json.loads(Path(label2id).read_text())
+        self.class_names = sorted(self.label2id, key=self.label2id.get)
+        self.samples = [(row[0], row[1]) for row in _read_csv(csv_path, header=False)]
+
+    def load(self, sample, generator):
+        path, name = sample
+        if name not in self.label2id:
+            raise KeyError(f"class {name!r} is not in label2id")
+        video, _, _ = self.clip(self.prefix / path, generator)
+        return {"video": video, "label": self.label2id[name]}
+
+
+class RetrievalDataset(TaskDataset):
+    """CSV with header `video_id,dataset,text`; `text` a Python list of captions (one drawn per access)."""
+
+    task = "retrieval"
+    _EXTENSIONS = {"LSMDC": ".avi", "MSVD": ".avi"}
+
+    def __init__(self, csv_path: str, video_root: str, options: ClipOptions = ClipOptions()) -> None:
+        super().__init__(options)
+        self.video_root = Path(video_root)
+        self.samples = _read_csv(csv_path)
+
+    def name(self, index):
+        return self.samples[index]["video_id"]
+
+    def load(self, row, generator):
+        captions = _literal(row["text"])
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        pick = int(torch.randint(len(captions), (), generator=generator)) if self.options.train else 0
+        path = self.video_root / (row["video_id"] + self._EXTENSIONS.get(row.get("dataset", ""), ".mp4"))
+        video, _, _ = self.clip(path, generator)
+        return {"video": video, "caption": captions[pick]}
+
+
+class GroundingDataset(TaskDataset):
+    """CSV `video_id,start_second,end_second,text,relevant_windows,dataset`; per-frame 0/1 labels.
+
+    The clip covers `window_seconds` around the moment (the moment itself if longer), shifted to
+    stay inside the video; a frame is positive when its timestamp lies in a relevant window.
+    """
+
+    task = "grounding"
+
+    def __init__(
+        self, csv_path: str, video_root: str, window_seconds: float = 16.0, options: ClipOptions = ClipOptions()
+    ) -> None:
+        super().__init__(options)
+        self.video_root = Path(video_root)
+        self.window_seconds = window_seconds
+        self.samples = _read_csv(csv_path)
+
+    def name(self, index):
+        return f"{self.samples[index]['video_id']} [{self.samples[index]['start_second']}, {self.samples[index]['end_second']}]"
+
+    def load(self, row, generator):
+        path = self.video_root / f"{row['video_id']}.mp4"
+        start, end = float(row["start_second"]), float(row["end_second"])
+        windows = _literal(row["relevant_windows"]) or [[start, end]]
+        reader = open_video(path)
+        duration = len(reader) / float(reader.get_avg_fps())
+        if end - start >= self.window_seconds:
+            lo, hi = start, end
+        else:
+            centre = (start + end) / 2
+            lo = min(max(0.0, centre - self.window_seconds / 2), max(0.0, duration - self.window_seconds))
+            hi = min(duration, lo + self.window_seconds)
+        video, indices, fps = self.clip(path, generator, lo, hi, reader)
+        times = torch.tensor(indices, dtype=torch.float64) / fps
+        labels = torch.zeros(len(indices), dtype=torch.long)
+        for s, e in windows:
+            labels |= ((times >= s) & (times <= e)).long()
+        return {"video": video, "caption": row["text"], "frame_labels": labels}
+
+
+class LocalizationDataset(TaskDataset):
+    """CSV as grounding, one row per (video, class); `label2id.json` {dataset: {class: id}}.
+
+    Rows of one video are merged, so every frame carries its own class (-1 = background).
+    """
+
+    task = "localization"
+
+    def __init__(self, csv_path: str, video_root: str, label2id: str, options: ClipOptions = ClipOptions()) -> None:
+        super().__init__(options)
+        self.video_root = Path(video_root)
+        self.label2id: dict[str, dict[str, int]] = json.loads(Path(label2id).read_text())
+        videos: dict[str, dict[str, Any]] = {}
+        for row in _read_csv(csv_path):
+            entry = videos.setdefault(row["video_id"], {"video_id": row["video_id"], "dataset": row["dataset"], "windows": []})
+            entry["windows"].append((row["text"], _literal(row["relevant_windows"])))
+        self.samples = list(videos.values())
+
+    def name(self, index):
+        return self.samples[index]["video_id"]
+
+    def load(self, sample, generator):
+        classes = self.label2id[sample["dataset"]]
+        video, indices, fps = self.clip(self.video_root / f"{sample['video_id']}.mp4", generator)
+        times = torch.tensor(indices, dtype=torch.float64) / fps
+        labels = torch.full((len(indices),), -1, dtype=torch.long)
+        for name, windows in sample["windows"]:
+            for s, e in windows:
+                labels[(times >= s) & (times <= e)] = classes[name]
+        return {"video": video, "frame_labels": labels, "dataset": sample["dataset"]}
+
+
+def _decode_rle(segmentation: dict, height: int, width: int) -> np.ndarray:
+    if isinstance(segmentation.get("counts"), list):  # uncompressed RLE (YouTube-VIS)
+        segmentation = mask_utils.frPyObjects(segmentation, height, width)
+    return mask_utils.decode(segmentation)
+
+
+class VisDataset(TaskDataset):
+    """YouTube-VIS JSON; target = semantic map [T, S, S] of category ids (0 background).
+
+    Frame files are read relative to `frame_root`; instances of one category are OR-ed, later
+    categories win overlaps (as the original). Clips whose masks are empty are rejected.
+    """
+
+    task = "vis"
+
+    def __init__(self, json_path: str, frame_root: str, dataset: str, options: ClipOptions = ClipOptions()) -> None:
+        super().__init__(options)
+        data = json.loads(Path(json_path).read_text())
+        self.frame_root, self.dataset = Path(frame_root), dataset
+        annotations: dict[int, list] = {}
+        for ann in data["annotations"]:
+            annotations.setdefault(ann["video_id"], []).append(ann)
+        self.samples = [(video, annotations[video["id"]]) for video in data["videos"] if video["id"] in annotations]
+
+    def name(self, index):
+        return str(self.samples[index][0]["id"])
+
+    def load(self, sample, generator):
+        from PIL import Image
+
+        video, anns = sample
+        offsets = segment_indices(video["length"], self.options.num_frames, generator if self.options.train else None)
+        frames = torch.from_numpy(
+            np.stack([np.asarray(Image.open(self.frame_root / video["file_names"][i]).convert("RGB")) for i in offsets])
+        )
+        h, w = video["height"], video["width"]
+        semantic = torch.zeros(len(offsets), h, w, dtype=torch.long)
+        for ann in sorted(anns, key=lambda a: a["category_id"]):
+            for t, i in enumerate(offsets):
+                if (seg := ann["segmentations"][i]) is not None:
+                    semantic[t][torch.from_numpy(_decode_rle(seg, h, w)).bool()] = ann["category_id"]
+        if not semantic.any():
+            raise ValueError("empty mask in every sampled frame")
+        return {
+            "video": preprocess(frames, self.options.image_size),
+            "mask": _resize_masks(semantic, self.options.image_size),
+            "dataset": self.dataset,
+        }
+
+
+class ReferringDataset(TaskDataset):
+    """MeViS CSV `video_id,text,frames,length,obj_id,anno_id`; masks `mask_root/<anno_id>.json`
+    (per-frame RLE or null), the union over the expression's objects."""
+
+    task = "rvos"
+
+    def __init__(self, csv_path: str, video_root: str, mask_root: str, options: ClipOptions = ClipOptions()) -> None:
+        super().__init__(options)
+        self.video_root, self.mask_root = Path(video_root), Path(mask_root)
+        self.samples = _read_csv(csv_path)
+
+    def name(self, index):
+        return f"{self.samples[index]['video_id']}: {self.samples[index]['text']}"
+
+    def load(self, row, generator):
+        video, indices, _ = self.clip(self.video_root / f"{row['video_id']}.mp4", generator)
+        target = None
+        for anno_id in _literal(row["anno_id"]):
+            per_frame = json.loads((self.mask_root / f"{anno_id}.json").read_text())
+            for t, i in enumerate(indices):
+                if (seg := per_frame[i]) is None:
+                    continue
+                decoded = torch.from_numpy(_decode_rle(seg, *seg["size"])).bool()
+                if target is None:
+                    target = torch.zeros(len(indices), *decoded.shape, dtype=torch.bool)
+                target[t] |= decoded
+        if target is None or not target.any():
+            raise ValueError("empty mask in every sampled frame")
+        return {"video": video, "caption": row["text"], "mask": _resize_masks(target.long(), self.options.image_size)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixing tasks
+
+
+class MultiTaskDataset(Dataset):
+    """Task datasets side by side, indexed by (task, index, seed) keys from the batch sampler."""
+
+    def __init__(self, datasets: dict[str, TaskDataset]) -> None:
+        self.datasets = datasets
+
+    def __getitem__(self, key: tuple[str, int, int]) -> dict[str, Any] | None:
+        task, index, seed = key
+        return self.datasets[task].get(index, seed)
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets.values())
+
+
+def _seed(*parts: int | str) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+class TaskBalancedBatchSampler(Sampler[list[tuple[str, int, int]]]):
+    """Batches of one task each, tasks interleaved in proportion to their size.
+
+    Per epoch every task's indices are shuffled with a generator seeded by (seed, epoch), the same
+    on every rank, and cut into global batches of `batch_size * world_size` (a rank takes its
+    slice). A task with k times as many batches as the smallest one emits k batches per round;
+    rounds continue until every task has emitted all of its batches (a task that runs out just
+    leaves the rotation, instead of indexing past its end as the original did).
+
+    `start_batch` skips the batches a resumed run already trained on in its first epoch.
+    """
+
+    def __init__(self, task_sizes: dict[str, int], batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        empty = [task for task, n in task_sizes.items() if n < batch_size * world_size]
+        if empty:
+            raise ValueError(f"tasks with fewer samples than one global batch ({batch_size * world_size}): {empty}")
+        self.task_sizes, self.batch_size, self.seed = task_sizes, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[tuple[str, list[int]]]:
+        per_task = {}
+        size = self.batch_size * self.world_size
+        for task, n in self.task_sizes.items():
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch, task))).tolist()
+            per_task[task] = [order[i : i + size] for i in range(0, n - size + 1, size)]
+        smallest = min(len(b) for b in per_task.values())
+        scale = {task: len(b) // smallest for task, b in per_task.items()}
+        batches, cursor = [], dict.fromkeys(per_task, 0)
+        while any(cursor[t] < len(per_task[t]) for t in per_task):
+            for task, task_batches in per_task.items():
+                take = task_batches[cursor[task] : cursor[task] + scale[task]]
+                batches += [(task, b) for b in take]
+                cursor[task] += len(take)
+        return batches
+
+    def __iter__(self) -> Iterator[list[tuple[str, int, int]]]:
+        for position, (task, batch) in enumerate(self._global_batches()):
+            if position < self.start_batch:
+                continue
+            local = batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            yield [(task, index, _seed(self.seed, self.epoch, position, index)) for index in local]
+        self.start_batch = 0
+
+    def __len__(self) -> int:
+        size = self.batch_size * self.world_size
+        return sum(n // size for n in self.task_sizes.values())
+
+
+def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Stack one task's items; broken ones (None) are dropped and counted in `skipped`."""
+    kept = [item for item in items if item is not None]
+    batch: dict[str, Any] = {"skipped": len(items) - len(kept), "task": kept[0]["task"] if kept else None}
+    for key in kept[0] if kept else ():
+        if key == "task":
+            continue
+        values = [item[key] for item in kept]
+        batch[key] = (
+            torch.stack(values)
+            if isinstance(values[0], Tensor)
+            else torch.tensor(values)
+            if isinstance(values[0], int)
+            else values
+        )
+    return batch
+
+
+def synthetic_task_datasets(
+    root: str | Path, split: str, options: ClipOptions, tasks: tuple[str, ...] = TASKS
+) -> dict[str, TaskDataset]:
+    """The readers pointed at a synthetic world (`streamformer.synthetic.generate_world`)."""
+    root = Path(root)
+    builders = {
+        "ar": lambda: ActionRecognitionDataset(root / f"ar/{split}.csv", root, root / "ar/label2id.json", options),
+        "retrieval": lambda: RetrievalDataset(root / f"retrieval/{split}.csv", root / "videos", options),
+        "grounding": lambda: GroundingDataset(root / f"grounding/{split}.csv", root / "videos", 6.0, options),
+        "localization": lambda: LocalizationDataset(
+            root / f"localization/{split}.csv", root / "videos", root / "localization/label2id.json", options
+        ),
+        "vis": lambda: VisDataset(root / f"vis/{split}_Synthetic.json", root / "vis", "Synthetic", options),
+        "rvos": lambda: ReferringDataset(root / f"rvos/{split}_MEVIS.csv", root / "videos", root / "rvos/masks", options),
+    }
+    unknown = set(tasks) - set(builders)
+    if unknown:
+        raise ValueError(f"unknown tasks {sorted(unknown)}; choose from {TASKS}")
+    return {task: builders[task]() for task in tasks}

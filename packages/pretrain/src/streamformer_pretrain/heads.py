@@ -1,0 +1,146 @@
+"""The six task losses of multitask pretraining (reference/streamformer.md section 6).
+
+Every loss compares L2-normalised video and text embeddings through
+`logits = cos * exp(logit_scale) + logit_bias`, with a scale/bias pair per task, and SigLIP's
+sigmoid loss `-logsigmoid(y * logits)` with y in {+1, -1}. The two segmentation losses can also
+run as the original implements them: softmax cross-entropy over classes (VIS) or over the
+batch's expressions (RVOS), background ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+
+SegmentationLoss = Literal["sigmoid", "softmax"]
+
+
+def sigmoid_loss(logits: Tensor, positive: Tensor) -> Tensor:
+    """Sum of SigLIP's pairwise loss; `positive` is a boolean tensor like `logits`."""
+    signs = positive.to(logits.dtype) * 2 - 1
+    return -F.logsigmoid(signs * logits).sum()
+
+
+class TaskLogits(nn.Module):
+    """A task's own learnable logit scale (log of the multiplier) and bias."""
+
+    def __init__(self, scale: float = math.log(10.0), bias: float = -10.0) -> None:
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor(float(scale)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(bias)))
+
+    def forward(self, a: Tensor, b: Tensor, equation: str) -> Tensor:
+        """Logits of normalised `a` and `b` combined by the einsum `equation`."""
+        cos = torch.einsum(equation, F.normalize(a, dim=-1), F.normalize(b, dim=-1))
+        return cos * self.logit_scale.exp() + self.logit_bias
+
+
+class DenseProjection(nn.Module):
+    """Per-patch embeddings through the pooling head's value path, as if the probe attended to that
+    one token: value projection -> output projection -> y + MLP(LayerNorm(y)). Initialised as a
+    copy of the backbone head; trained on its own (the original meant to freeze the copy but did not)."""
+
+    def __init__(self, head: SiglipMultiheadAttentionPoolingHead) -> None:
+        super().__init__()
+        dim = head.probe.shape[-1]
+        self.w_v = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        with torch.no_grad():
+            self.w_v.weight.copy_(head.attention.in_proj_weight[2 * dim :])
+            self.w_v.bias.copy_(head.attention.in_proj_bias[2 * dim :])
+            self.v_proj.load_state_dict(head.attention.out_proj.state_dict())
+        self.head_layernorm = copy.deepcopy(head.layernorm)
+        self.head_mlp = copy.deepcopy(head.mlp)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        y = self.v_proj(self.w_v(tokens))
+        return y + self.head_mlp(self.head_layernorm(y))
+
+
+def classification_loss(logits: TaskLogits, video: Tensor, classes: Tensor, labels: Tensor) -> Tensor:
+    """Action recognition: last-frame video embedding [B, D] vs class embeddings [C, D]."""
+    scores = logits(video, classes, "bd,cd->bc")
+    positive = F.one_hot(labels, classes.shape[0]).bool()
+    return sigmoid_loss(scores, positive) / video.shape[0]
+
+
+def retrieval_loss(logits: TaskLogits, video: Tensor, text: Tensor, rank: int = 0) -> Tensor:
+    """Video [B, D] vs the captions of every rank [W*B, D] (gathered with gradients); the positive of
+    local sample i is caption rank*B + i, all others are negatives. Divided by the local B, so the
+    mean over ranks equals the single-process loss on the global batch."""
+    b = video.shape[0]
+    scores = logits(video, text, "bd,nd->bn")
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[torch.arange(b), rank * b + torch.arange(b)] = True
+    return sigmoid_loss(scores, positive) / b
+
+
+def grounding_loss(logits: TaskLogits, frames: Tensor, caption: Tensor, frame_labels: Tensor) -> Tensor:
+    """Per-frame embeddings [B, T, D] vs each clip's own caption [B, D]; frames in the moment are positive."""
+    scores = logits(frames, caption, "btd,bd->bt")
+    return sigmoid_loss(scores, frame_labels.bool()) / frames.shape[0]
+
+
+def localization_loss(logits: TaskLogits, frames: Tensor, classes: Tensor, frame_labels: Tensor) -> Tensor:
+    """Per-frame embeddings [B, T, D] vs class embeddings [C, D]; label -1 = background (all negative).
+    Per sample the sum is divided by T, then samples are averaged."""
+    scores = logits(frames, classes, "btd,cd->btc")
+    positive = F.one_hot(frame_labels.clamp(min=0), classes.shape[0]).bool() & (frame_labels >= 0)[..., None]
+    per_sample = -F.logsigmoid((positive.to(scores.dtype) * 2 - 1) * scores).sum(dim=(1, 2)) / frames.shape[1]
+    return per_sample.mean()
+
+
+def _upsample(scores: Tensor, size: int) -> Tensor:
+    """[B, T, N, K] patch scores -> [B, T, K, size, size] (bilinear, align_corners=False)."""
+    b, t, n, k = scores.shape
+    side = math.isqrt(n)
+    grid = scores.reshape(b * t, side, side, k).permute(0, 3, 1, 2)
+    return F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False).view(b, t, k, size, size)
+
+
+def vis_loss(logits: TaskLogits, dense: Tensor, classes: Tensor, mask: Tensor, mode: SegmentationLoss) -> Tensor:
+    """Semantic video segmentation: patch embeddings [B, T, N, D] vs class embeddings [C, D]
+    (index 0 = background), target mask [B, T, S, S] of class ids.
+
+    softmax (original): cross-entropy over the C classes at every pixel, background pixels ignored.
+    sigmoid (paper): every pixel is a positive for its class and a negative for the others;
+    background pixels are negatives for every real class.
+    """
+    scores = _upsample(logits(dense, classes, "btnd,cd->btnc"), mask.shape[-1])  # [B, T, C, S, S]
+    if mode == "softmax":
+        target = torch.where(mask > 0, mask, torch.full_like(mask, -1))
+        if not (target >= 0).any():
+            return scores.sum() * 0.0
+        per_pixel = F.cross_entropy(scores.flatten(0, 1), target.flatten(0, 1), ignore_index=-1, reduction="none")
+        valid = (target >= 0).flatten(0, 1)
+        per_sample = (per_pixel * valid).flatten(1).sum(1).view(mask.shape[0], -1).sum(1)
+        counts = valid.flatten(1).sum(1).view(mask.shape[0], -1).sum(1).clamp(min=1)
+        return (per_sample / counts).mean()
+    positive = F.one_hot(mask, classes.shape[0]).permute(0, 1, 4, 2, 3).bool()[:, :, 1:]
+    real = scores[:, :, 1:]
+    return (-F.logsigmoid((positive.to(real.dtype) * 2 - 1) * real)).mean(dim=(1, 2, 3, 4)).mean()
+
+
+def rvos_loss(logits: TaskLogits, dense: Tensor, captions: Tensor, mask: Tensor, mode: SegmentationLoss, rank: int = 0) -> Tensor:
+    """Referring segmentation: patch embeddings [B, T, N, D] vs the global batch's expressions
+    [W*B, D]; sample i's own expression is rank*B + i; mask [B, T, S, S] is its object.
+
+    softmax (original): at foreground pixels, cross-entropy over all expressions (background ignored).
+    sigmoid (paper): the own expression's score is positive on the object and negative elsewhere.
+    """
+    b = dense.shape[0]
+    own = rank * b + torch.arange(b, device=dense.device)
+    if mode == "softmax":
+        scores = _upsample(logits(dense, captions, "btnd,kd->btnk"), mask.shape[-1])  # [B, T, K, S, S]
+        target = torch.where(mask.bool(), own[:, None, None, None].expand_as(mask), torch.full_like(mask, -1))
+        if not (target >= 0).any():
+            return scores.sum() * 0.0
+        return F.cross_entropy(scores.flatten(0, 1), target.flatten(0, 1), ignore_index=-1)
+    scores = _upsample(logits(dense, captions[own], "btnd,bd->btn")[..., None], mask.shape[-1])[:, :, 0]
+    return (-F.logsigmoid((mask.to(scores.dtype) * 2 - 1) * scores)).mean()

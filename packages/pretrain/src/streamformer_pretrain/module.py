@@ -1,0 +1,259 @@
+"""The multitask pretraining LightningModule and its DataModule."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from streamformer import StreamFormerConfig, StreamFormerModel
+
+from .data import TASKS, ClipOptions, MultiTaskDataset, TaskBalancedBatchSampler, collate, synthetic_task_datasets
+from .heads import (
+    DenseProjection,
+    SegmentationLoss,
+    TaskLogits,
+    classification_loss,
+    grounding_loss,
+    localization_loss,
+    retrieval_loss,
+    rvos_loss,
+    vis_loss,
+)
+from .text import CLASS_TEMPLATES, SEGMENTATION_TEMPLATES, word_tokenizer
+
+TemporalMode = Literal["causal", "bidirectional", "none"]
+
+
+class MultiTaskDataModule(L.LightningDataModule):
+    """The six tasks of a world on disk (the synthetic world's layout), one task per batch.
+
+    Args:
+        root: folder written by `streamformer.synthetic.generate_world`.
+        tasks: which tasks to train on.
+        num_frames, image_size: clip shape fed to the model.
+        batch_size: per device.
+        hflip: paired horizontal flips at train time (off for worlds whose text names directions).
+    """
+
+    def __init__(
+        self,
+        root: str = "runs/world",
+        tasks: tuple[str, ...] = TASKS,
+        num_frames: int = 8,
+        image_size: int = 32,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 0,
+        hflip: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root, self.tasks = Path(root), tuple(tasks)
+        self.train_sets = synthetic_task_datasets(root, "train", ClipOptions(num_frames, image_size, True, hflip), self.tasks)
+        self.tokenizer = word_tokenizer(self._texts())
+
+    def _texts(self) -> list[str]:
+        texts = [*self.class_names("ar"), *self.class_names("localization"), *self.class_names("vis")]
+        for dataset in self.train_sets.values():
+            for sample in dataset.samples:
+                if isinstance(sample, dict) and "text" in sample:
+                    texts.append(sample["text"])
+        return texts
+
+    def class_names(self, task: str) -> list[str]:
+        """Class names in id order for the tasks that classify (empty for the others)."""
+        import json
+
+        files = {"ar": "ar/label2id.json", "localization": "localization/label2id.json", "vis": "vis/label2id.json"}
+        if task not in files:
+            return []
+        mapping = json.loads((self.root / files[task]).read_text())
+        if task != "ar":
+            mapping = next(iter(mapping.values()))  # {dataset: {name: id}}: one dataset here
+        return sorted(mapping, key=mapping.get)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = TaskBalancedBatchSampler(
+            {task: len(d) for task, d in self.train_sets.items()}, self.hparams.batch_size, self.hparams.seed, rank, world
+        )
+        return DataLoader(
+            MultiTaskDataset(self.train_sets), batch_sampler=sampler, collate_fn=collate, num_workers=self.hparams.num_workers
+        )
+
+
+class StreamFormerPretraining(L.LightningModule):
+    """Multitask visual-language alignment of a StreamFormer with the six task losses.
+
+    Args:
+        pretrained: a `StreamFormerModel` directory (e.g. `streamformer convert <siglip> <out>`);
+            None builds a fresh model from `config` (the tiny synthetic recipe).
+        config: `StreamFormerConfig` fields for a fresh model; `text_config.vocab_size` is set
+            from the tokenizer.
+        segmentation_loss: "sigmoid" (paper) or "softmax" (original code) for VIS and RVOS.
+        freeze_text_encoder: keep the text tower fixed (class embeddings are then cached).
+        temporal: "causal" (StreamFormer), "bidirectional" or "none" (gates fixed at 0), for ablations.
+        lr, weight_decay, betas, warmup_ratio, min_lr: AdamW and a per-step cosine schedule.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        config: dict[str, Any] | None = None,
+        segmentation_loss: SegmentationLoss = "sigmoid",
+        freeze_text_encoder: bool = True,
+        temporal: TemporalMode = "causal",
+        lr: float = 7e-5,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_ratio: float = 0.0,
+        min_lr: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: StreamFormerModel | None = None
+        self.task_logits = nn.ModuleDict()
+        self.dense: DenseProjection | None = None
+        self.class_texts: dict[str, list[list[str]]] = {}
+
+    # -- model ----------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        datamodule = self.trainer.datamodule
+        tokenizer = datamodule.tokenizer
+        if self.hparams.pretrained:
+            model = StreamFormerModel.from_pretrained(self.hparams.pretrained)
+        else:
+            fields = dict(self.hparams.config or {})
+            text = dict(fields.pop("text_config", {}))
+            text.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                        bos_token_id=None, max_position_embeddings=tokenizer.model_max_length)  # fmt: skip
+            fields["enable_causal_temporal"] = self.hparams.temporal != "bidirectional"
+            model = StreamFormerModel(StreamFormerConfig(**fields, text_config=text))
+        self.model = model
+        self.tokenizer = tokenizer
+        self._set_trainable()
+        for task in datamodule.tasks:
+            self.task_logits[task] = TaskLogits(model.logit_scale.item(), model.logit_bias.item())
+        if {"vis", "rvos"} & set(datamodule.tasks):
+            self.dense = DenseProjection(model.timesformer.head)
+        self.class_texts = {
+            task: [[t.format(name) for t in templates] for name in datamodule.class_names(task)]
+            for task, templates in (("ar", CLASS_TEMPLATES), ("localization", CLASS_TEMPLATES), ("vis", SEGMENTATION_TEMPLATES))
+            if task in datamodule.tasks
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["streamformer_config"] = self.model.config.to_dict()  # for `streamformer-pretrain export`
+
+    def _set_trainable(self) -> None:
+        """LoRA trains instead of the spatial qkv/output weights; the text tower as configured;
+        with temporal="none" the gates stay at 0."""
+        vision = self.model.timesformer
+        vision.requires_grad_(True)
+        for layer in vision.encoder.layer:
+            for linear in (layer.attention.attention.qkv, layer.attention.output.dense):
+                if hasattr(linear, "base_layer"):
+                    linear.base_layer.requires_grad_(False)
+            if self.hparams.temporal == "none":
+                with torch.no_grad():
+                    layer.temporal_attention_gating.zero_()
+                layer.temporal_attention_gating.requires_grad_(False)
+        self.model.text_encoder.requires_grad_(not self.hparams.freeze_text_encoder)
+        self.model.logit_scale.requires_grad_(False)  # each task has its own pair
+        self.model.logit_bias.requires_grad_(False)
+
+    # -- text -----------------------------------------------------------------------------------
+
+    def embed_texts(self, texts: list[str]) -> Tensor:
+        tokens = self.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt").to(self.device)
+        return self.model.get_text_features(tokens["input_ids"])
+
+    def class_embeddings(self, task: str) -> Tensor:
+        """[C, D]: per class, the mean of its normalised template embeddings, normalised again.
+        Cached while the text tower is frozen."""
+        cache_name = f"_classes_{task}"
+        if self.hparams.freeze_text_encoder and hasattr(self, cache_name):
+            return getattr(self, cache_name)
+        with torch.set_grad_enabled(not self.hparams.freeze_text_encoder and self.training):
+            per_class = [F.normalize(self.embed_texts(templates), dim=-1).mean(0) for templates in self.class_texts[task]]
+            embeddings = F.normalize(torch.stack(per_class), dim=-1)
+        if self.hparams.freeze_text_encoder:
+            setattr(self, cache_name, embeddings.detach())
+        return embeddings
+
+    def _gather(self, x: Tensor, with_grad: bool) -> Tensor:
+        if self.trainer.world_size == 1:
+            return x
+        if with_grad:
+            from torch.distributed.nn.functional import all_gather
+
+            return torch.cat(all_gather(x))
+        return self.all_gather(x).flatten(0, 1)
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def task_loss(self, batch: dict[str, Any]) -> Tensor:
+        task, logits = batch["task"], self.task_logits[batch["task"]]
+        out = self.model.timesformer(batch["video"])
+        rank = self.trainer.global_rank
+        if task == "ar":
+            return classification_loss(logits, out.global_output, self.class_embeddings("ar"), batch["label"])
+        if task == "retrieval":
+            text = self._gather(self.embed_texts(batch["caption"]), with_grad=True)
+            return retrieval_loss(logits, out.global_output, text, rank)
+        if task == "grounding":
+            return grounding_loss(logits, out.pooler_output, self.embed_texts(batch["caption"]), batch["frame_labels"])
+        if task == "localization":
+            return localization_loss(logits, out.pooler_output, self.class_embeddings("localization"), batch["frame_labels"])
+        dense = self.dense(out.last_hidden_state)
+        if task == "vis":
+            return vis_loss(logits, dense, self.class_embeddings("vis"), batch["mask"], self.hparams.segmentation_loss)
+        captions = self._gather(self.embed_texts(batch["caption"]).detach(), with_grad=False)
+        return rvos_loss(logits, dense, captions, batch["mask"], self.hparams.segmentation_loss, rank)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if batch["skipped"]:
+            self.log("data/skipped", float(batch["skipped"]), reduce_fx="sum", on_step=True)
+        if batch["task"] is None:
+            return None  # every sample of the batch was broken (logged by name)
+        loss = self.task_loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite {batch['task']} loss at step {self.global_step}")
+        self.log(f"train/{batch['task']}", loss, on_step=True, batch_size=len(batch["video"]))
+        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=len(batch["video"]))
+        return loss
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            # Biases, norms, 0-d gates/scales and embedding tables take no weight decay.
+            (no_decay if param.ndim <= 1 or "embeddings" in name or name.endswith("probe") else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+            betas=self.hparams.betas,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.hparams.warmup_ratio * total)
+        floor = self.hparams.min_lr / self.hparams.lr
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
