@@ -33,12 +33,39 @@ def export(checkpoint: str, output: str) -> None:
     print(f"wrote the backbone of {checkpoint} to {output}")
 
 
+def evaluate(checkpoint: str, root: str = "runs/world", output: str | None = None, batch_size: int = 16) -> dict:
+    """Evaluate a checkpoint on the world's held-out split; print the table with chance levels.
+
+    Args:
+        checkpoint: a `.ckpt` written by `streamformer-pretrain fit`.
+        root: the world (its `val` split is used).
+        output: also write the table here (Markdown) and the numbers beside it (.json).
+    """
+    import torch
+
+    from .evaluate import evaluate as run_evaluation
+    from .evaluate import format_table, load_checkpoint, save_results
+    from .module import MultiTaskDataModule
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    data_args = {
+        k: v for k, v in state.get("datamodule_hyper_parameters", {}).items() if k in ("tasks", "num_frames", "image_size")
+    }
+    datamodule = MultiTaskDataModule(root=root, **data_args)
+    module = load_checkpoint(checkpoint, datamodule)
+    results = run_evaluation(module, root, datamodule.hparams.num_frames, datamodule.hparams.image_size, batch_size)
+    print(format_table(results))
+    if output:
+        save_results(results, output, f"Held-out synthetic evaluation of {checkpoint}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["export"]:
+    if argv[:1] in (["export"], ["evaluate"]):
         from jsonargparse import CLI
 
-        CLI(export, args=argv[1:], as_positional=True)
+        CLI({"export": export, "evaluate": evaluate}, args=argv, as_positional=True)
         return
     LightningCLI(
         StreamFormerPretraining,

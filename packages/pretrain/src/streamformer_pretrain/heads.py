@@ -63,6 +63,22 @@ class DenseProjection(nn.Module):
         return y + self.head_mlp(self.head_layernorm(y))
 
 
+def gather_across_ranks(x: Tensor, with_grad: bool) -> Tensor:
+    """Concatenate `x` [B, ...] of every rank in rank order -> [W*B, ...] (identity without a
+    process group). With `with_grad`, gradients flow back to every rank's `x`."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    if with_grad:  # backward reduce-scatters: each rank's x gets the gradient of every rank's loss
+        from torch.distributed._functional_collectives import all_gather_tensor_autograd
+
+        return all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    return torch.cat(parts)
+
+
 def classification_loss(logits: TaskLogits, video: Tensor, classes: Tensor, labels: Tensor) -> Tensor:
     """Action recognition: last-frame video embedding [B, D] vs class embeddings [C, D]."""
     scores = logits(video, classes, "bd,cd->bc")

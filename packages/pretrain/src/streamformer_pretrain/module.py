@@ -20,6 +20,7 @@ from .heads import (
     SegmentationLoss,
     TaskLogits,
     classification_loss,
+    gather_across_ranks,
     grounding_loss,
     localization_loss,
     retrieval_loss,
@@ -126,9 +127,11 @@ class StreamFormerPretraining(L.LightningModule):
     # -- model ----------------------------------------------------------------------------------
 
     def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        datamodule = self.trainer.datamodule
+        if self.model is None:
+            self.build(self.trainer.datamodule)
+
+    def build(self, datamodule: MultiTaskDataModule) -> None:
+        """Create the model, the task heads and the class prompts for the data's tasks."""
         tokenizer = datamodule.tokenizer
         if self.hparams.pretrained:
             model = StreamFormerModel.from_pretrained(self.hparams.pretrained)
@@ -191,15 +194,6 @@ class StreamFormerPretraining(L.LightningModule):
             setattr(self, cache_name, embeddings.detach())
         return embeddings
 
-    def _gather(self, x: Tensor, with_grad: bool) -> Tensor:
-        if self.trainer.world_size == 1:
-            return x
-        if with_grad:
-            from torch.distributed.nn.functional import all_gather
-
-            return torch.cat(all_gather(x))
-        return self.all_gather(x).flatten(0, 1)
-
     # -- steps ----------------------------------------------------------------------------------
 
     def task_loss(self, batch: dict[str, Any]) -> Tensor:
@@ -209,7 +203,7 @@ class StreamFormerPretraining(L.LightningModule):
         if task == "ar":
             return classification_loss(logits, out.global_output, self.class_embeddings("ar"), batch["label"])
         if task == "retrieval":
-            text = self._gather(self.embed_texts(batch["caption"]), with_grad=True)
+            text = gather_across_ranks(self.embed_texts(batch["caption"]), with_grad=True)
             return retrieval_loss(logits, out.global_output, text, rank)
         if task == "grounding":
             return grounding_loss(logits, out.pooler_output, self.embed_texts(batch["caption"]), batch["frame_labels"])
@@ -218,7 +212,7 @@ class StreamFormerPretraining(L.LightningModule):
         dense = self.dense(out.last_hidden_state)
         if task == "vis":
             return vis_loss(logits, dense, self.class_embeddings("vis"), batch["mask"], self.hparams.segmentation_loss)
-        captions = self._gather(self.embed_texts(batch["caption"]).detach(), with_grad=False)
+        captions = gather_across_ranks(self.embed_texts(batch["caption"]), with_grad=False)
         return rvos_loss(logits, dense, captions, batch["mask"], self.hparams.segmentation_loss, rank)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:

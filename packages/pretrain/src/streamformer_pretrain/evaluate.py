@@ -1,0 +1,158 @@
+"""Held-out evaluation of a pretraining checkpoint on the six tasks, with chance levels.
+
+Metrics (on the world's `val` split, deterministic middle-of-segment frames):
+AR top-1; retrieval R@1 video->text and text->video; localization per-frame mAP; grounding mIoU
+(predicted moment = span of frames whose score is positive); VIS mIoU over the object classes;
+RVOS mean mask IoU. Chance: 1/C and 1/N for the ranking metrics, the mean class prevalence for
+mAP, and for IoU metrics the score of a seeded random prediction on the same data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.functional.classification import binary_average_precision
+from tqdm import tqdm
+
+from .data import ClipOptions, collate, synthetic_task_datasets
+from .heads import _upsample
+from .module import StreamFormerPretraining
+
+
+def _batches(dataset, batch_size: int):
+    for start in tqdm(range(0, len(dataset), batch_size), desc=f"evaluate {dataset.task}", unit="batch"):
+        batch = collate([dataset.get(i, seed=i) for i in range(start, min(len(dataset), start + batch_size))])
+        if batch["task"] is not None:
+            yield batch
+
+
+def _interval_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else 0.0
+
+
+def _mask_iou(pred: Tensor, target: Tensor) -> float:
+    union = (pred | target).sum().item()
+    return (pred & target).sum().item() / union if union else 1.0
+
+
+@torch.inference_mode()
+def evaluate(
+    module: StreamFormerPretraining, root: str | Path, num_frames: int, image_size: int, batch_size: int = 16
+) -> dict[str, dict[str, float]]:
+    """{metric: {"value", "chance"}} on the val split of the world at `root`."""
+    module.eval()
+    tasks = tuple(module.task_logits.keys())
+    datasets = synthetic_task_datasets(root, "val", ClipOptions(num_frames, image_size, train=False), tasks)
+    random = torch.Generator().manual_seed(0)
+    results: dict[str, dict[str, float]] = {}
+    vision = module.model.timesformer
+
+    if "ar" in datasets:
+        classes = module.class_embeddings("ar")
+        correct = total = 0
+        for batch in _batches(datasets["ar"], batch_size):
+            scores = F.normalize(vision(batch["video"]).global_output, dim=-1) @ classes.t()
+            correct += (scores.argmax(-1) == batch["label"]).sum().item()
+            total += len(batch["label"])
+        results["AR top-1"] = {"value": correct / total, "chance": 1 / classes.shape[0]}
+
+    if "retrieval" in datasets:
+        videos, texts = [], []
+        for batch in _batches(datasets["retrieval"], batch_size):
+            videos.append(F.normalize(vision(batch["video"]).global_output, dim=-1))
+            texts.append(F.normalize(module.embed_texts(batch["caption"]), dim=-1))
+        sim = torch.cat(videos) @ torch.cat(texts).t()
+        target = torch.arange(len(sim))
+        results["retrieval R@1 video->text"] = {"value": (sim.argmax(1) == target).float().mean().item(), "chance": 1 / len(sim)}
+        results["retrieval R@1 text->video"] = {"value": (sim.argmax(0) == target).float().mean().item(), "chance": 1 / len(sim)}
+
+    if "localization" in datasets:
+        classes, logits = module.class_embeddings("localization"), module.task_logits["localization"]
+        scores, labels = [], []
+        for batch in _batches(datasets["localization"], batch_size):
+            scores.append(logits(vision(batch["video"]).pooler_output, classes, "btd,cd->btc").flatten(0, 1))
+            labels.append(batch["frame_labels"].flatten())
+        scores, labels = torch.cat(scores), torch.cat(labels)
+        aps, prevalence = [], []
+        for c in range(classes.shape[0]):
+            positive = labels == c
+            if positive.any():  # classes without positives are skipped
+                aps.append(binary_average_precision(scores[:, c].sigmoid(), positive.long()).item())
+                prevalence.append(positive.float().mean().item())
+        results["localization frame mAP"] = {"value": sum(aps) / len(aps), "chance": sum(prevalence) / len(prevalence)}
+
+    if "grounding" in datasets:
+        logits, ious, chance = module.task_logits["grounding"], [], []
+        for batch in _batches(datasets["grounding"], batch_size):
+            scores = logits(vision(batch["video"]).pooler_output, module.embed_texts(batch["caption"]), "btd,bd->bt")
+            for row, truth in zip(scores > 0, batch["frame_labels"].bool(), strict=True):
+                t = len(row)
+                gt = (truth.nonzero().min().item(), truth.nonzero().max().item() + 1) if truth.any() else (0, 0)
+                pred = (row.nonzero().min().item(), row.nonzero().max().item() + 1) if row.any() else (0, 0)
+                ious.append(_interval_iou(pred, gt))
+                a, b = sorted(torch.randint(0, t + 1, (2,), generator=random).tolist())
+                chance.append(_interval_iou((a, b), gt))
+        results["grounding mIoU"] = {"value": sum(ious) / len(ious), "chance": sum(chance) / len(chance)}
+
+    if "vis" in datasets:
+        classes, logits = module.class_embeddings("vis"), module.task_logits["vis"]
+        counts = torch.zeros(2, 2, classes.shape[0])  # [model | random guess, intersection | union, class]
+        for batch in _batches(datasets["vis"], batch_size):
+            dense = module.dense(vision(batch["video"]).last_hidden_state)
+            scores = _upsample(logits(dense, classes, "btnd,cd->btnc"), batch["mask"].shape[-1])[:, :, 1:]
+            best, index = scores.max(dim=2)
+            pred = torch.where(best > 0, index + 1, torch.zeros_like(index))  # no positive score: background
+            guess = torch.randint(0, classes.shape[0], pred.shape, generator=random)
+            for k, prediction in enumerate((pred, guess)):
+                for c in range(1, classes.shape[0]):
+                    truth, predicted = batch["mask"] == c, prediction == c
+                    counts[k, 0, c] += (truth & predicted).sum()
+                    counts[k, 1, c] += (truth | predicted).sum()
+        present = counts[0, 1, 1:] > 0
+        iou = counts[:, 0, 1:] / counts[:, 1, 1:].clamp(min=1)
+        results["VIS mIoU"] = {"value": iou[0][present].mean().item(), "chance": iou[1][present].mean().item()}
+
+    if "rvos" in datasets:
+        logits, ious, chance = module.task_logits["rvos"], [], []
+        for batch in _batches(datasets["rvos"], batch_size):
+            dense = module.dense(vision(batch["video"]).last_hidden_state)
+            own = module.embed_texts(batch["caption"])
+            scores = _upsample(logits(dense, own, "btnd,bd->btn")[..., None], batch["mask"].shape[-1])[:, :, 0]
+            for pred, truth in zip(scores > 0, batch["mask"].bool(), strict=True):
+                ious.append(_mask_iou(pred, truth))
+                chance.append(_mask_iou(torch.rand(truth.shape, generator=random) < 0.5, truth))
+        results["RVOS mIoU"] = {"value": sum(ious) / len(ious), "chance": sum(chance) / len(chance)}
+    return results
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    lines = ["| metric | value | chance | value / chance |", "|---|---:|---:|---:|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['value']:.3f} | {r['chance']:.3f} | {r['value'] / max(r['chance'], 1e-9):.1f}x |")
+    return "\n".join(lines)
+
+
+def save_results(results: dict[str, Any], path: str | Path, title: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {title}\n\n{format_table(results)}\n")
+    path.with_suffix(".json").write_text(json.dumps(results, indent=1))
+
+
+def load_checkpoint(checkpoint: str | Path, datamodule) -> StreamFormerPretraining:
+    """A pretraining module with the weights of a `streamformer-pretrain fit` checkpoint."""
+    import inspect
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    accepted = inspect.signature(StreamFormerPretraining.__init__).parameters
+    module = StreamFormerPretraining(**{k: v for k, v in state["hyper_parameters"].items() if k in accepted})
+    module.build(datamodule)
+    module.load_state_dict(state["state_dict"])
+    return module.eval()
