@@ -210,7 +210,9 @@ def write_video(path: str | os.PathLike, frames: Tensor | np.ndarray, fps: float
     with av.open(str(partial), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=round(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": "18", "g": "16"}
+        # mbtree off: with it, libx264 reads uninitialised memory on tiny frames and the same
+        # frames do not always encode to the same bytes (the synthetic world must be deterministic).
+        stream.options = {"crf": "18", "g": "16", "x264-params": "mbtree=0"}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
