@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     LightningCLI(
         StreamFormerPretraining,
         MultiTaskDataModule,
-        args=argv,
+        args=argv if argv != sys.argv[1:] else None,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )

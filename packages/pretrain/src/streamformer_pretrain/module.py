@@ -199,7 +199,7 @@ class StreamFormerPretraining(L.LightningModule):
     def task_loss(self, batch: dict[str, Any]) -> Tensor:
         task, logits = batch["task"], self.task_logits[batch["task"]]
         out = self.model.timesformer(batch["video"])
-        rank = self.trainer.global_rank
+        rank = self.global_rank
         if task == "ar":
             return classification_loss(logits, out.global_output, self.class_embeddings("ar"), batch["label"])
         if task == "retrieval":
