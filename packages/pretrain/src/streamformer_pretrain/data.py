@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from streamformer.video import open_video, preprocess, read_frames, segment_indices
 
@@ -152,7 +152,8 @@ class GroundingDataset(TaskDataset):
     """CSV `video_id,start_second,end_second,text,relevant_windows,dataset`; per-frame 0/1 labels.
 
     The clip covers `window_seconds` around the moment (the moment itself if longer), shifted to
-    stay inside the video; a frame is positive when its timestamp lies in a relevant window.
+    stay inside the video; a frame is positive when its timestamp lies in a relevant window
+    [start, end) (half-open: a frame exactly at the end time belongs to what follows).
     """
 
     task = "grounding"
@@ -184,7 +185,7 @@ class GroundingDataset(TaskDataset):
         times = torch.tensor(indices, dtype=torch.float64) / fps
         labels = torch.zeros(len(indices), dtype=torch.long)
         for s, e in windows:
-            labels |= ((times >= s) & (times <= e)).long()
+            labels |= ((times >= s) & (times < e)).long()
         return {"video": video, "caption": row["text"], "frame_labels": labels}
 
 
@@ -216,7 +217,7 @@ class LocalizationDataset(TaskDataset):
         labels = torch.full((len(indices),), -1, dtype=torch.long)
         for name, windows in sample["windows"]:
             for s, e in windows:
-                labels[(times >= s) & (times <= e)] = classes[name]
+                labels[(times >= s) & (times < e)] = classes[name]
         return {"video": video, "frame_labels": labels, "dataset": sample["dataset"]}
 
 
@@ -374,6 +375,33 @@ class TaskBalancedBatchSampler(Sampler[list[tuple[str, int, int]]]):
     def __len__(self) -> int:
         size = self.batch_size * self.world_size
         return sum(n // size for n in self.task_sizes.values())
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a `TaskBalancedBatchSampler` that Lightning can checkpoint mid-epoch.
+
+    Lightning stores `state_dict()` (batches handed out this epoch) in every checkpoint and gives
+    it back through `load_state_dict()` on resume; the next iteration then starts at the following
+    batch of the same epoch order instead of replaying the epoch.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._served = 0
+        self._resume_at = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self.batch_sampler.start_batch, self._resume_at = self._resume_at, 0
+        self._served = self.batch_sampler.start_batch
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_served": self._served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = state["batches_served"]
 
 
 def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:

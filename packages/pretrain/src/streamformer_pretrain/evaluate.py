@@ -153,6 +153,6 @@ def load_checkpoint(checkpoint: str | Path, datamodule) -> StreamFormerPretraini
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     accepted = inspect.signature(StreamFormerPretraining.__init__).parameters
     module = StreamFormerPretraining(**{k: v for k, v in state["hyper_parameters"].items() if k in accepted})
-    module.build(datamodule)
+    module.build(datamodule, warm_up_text=False)
     module.load_state_dict(state["state_dict"])
     return module.eval()

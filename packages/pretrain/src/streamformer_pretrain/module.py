@@ -10,11 +10,18 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from streamformer import StreamFormerConfig, StreamFormerModel
 
-from .data import TASKS, ClipOptions, MultiTaskDataset, TaskBalancedBatchSampler, collate, synthetic_task_datasets
+from .data import (
+    TASKS,
+    ClipOptions,
+    MultiTaskDataset,
+    ResumableDataLoader,
+    TaskBalancedBatchSampler,
+    collate,
+    synthetic_task_datasets,
+)
 from .heads import (
     DenseProjection,
     SegmentationLoss,
@@ -27,7 +34,7 @@ from .heads import (
     rvos_loss,
     vis_loss,
 )
-from .text import CLASS_TEMPLATES, SEGMENTATION_TEMPLATES, word_tokenizer
+from .text import CLASS_TEMPLATES, SEGMENTATION_TEMPLATES, warm_up_text_tower, word_tokenizer
 
 TemporalMode = Literal["causal", "bidirectional", "none"]
 
@@ -58,9 +65,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.root, self.tasks = Path(root), tuple(tasks)
         self.train_sets = synthetic_task_datasets(root, "train", ClipOptions(num_frames, image_size, True, hflip), self.tasks)
-        self.tokenizer = word_tokenizer(self._texts())
+        self.tokenizer = word_tokenizer(self.texts())
 
-    def _texts(self) -> list[str]:
+    def texts(self) -> list[str]:
+        """Every class name, caption and expression of the training data."""
         texts = [*self.class_names("ar"), *self.class_names("localization"), *self.class_names("vis")]
         for dataset in self.train_sets.values():
             for sample in dataset.samples:
@@ -80,12 +88,17 @@ class MultiTaskDataModule(L.LightningDataModule):
             mapping = next(iter(mapping.values()))  # {dataset: {name: id}}: one dataset here
         return sorted(mapping, key=mapping.get)
 
-    def train_dataloader(self) -> DataLoader:
+    def batch_sampler(self, rank: int = 0, world_size: int = 1) -> TaskBalancedBatchSampler:
+        sizes = {task: len(d) for task, d in self.train_sets.items()}
+        return TaskBalancedBatchSampler(sizes, self.hparams.batch_size, self.hparams.seed, rank, world_size)
+
+    def batches_per_epoch(self, world_size: int = 1) -> int:
+        return len(self.batch_sampler(0, world_size))
+
+    def train_dataloader(self) -> ResumableDataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = TaskBalancedBatchSampler(
-            {task: len(d) for task, d in self.train_sets.items()}, self.hparams.batch_size, self.hparams.seed, rank, world
-        )
-        return DataLoader(
+        sampler = self.batch_sampler(rank, world)
+        return ResumableDataLoader(
             MultiTaskDataset(self.train_sets), batch_sampler=sampler, collate_fn=collate, num_workers=self.hparams.num_workers
         )
 
@@ -100,6 +113,8 @@ class StreamFormerPretraining(L.LightningModule):
             from the tokenizer.
         segmentation_loss: "sigmoid" (paper) or "softmax" (original code) for VIS and RVOS.
         freeze_text_encoder: keep the text tower fixed (class embeddings are then cached).
+        text_warmup_steps: for a fresh model, contrastive warm-up steps of the text tower on the
+            data's texts before training (`text.warm_up_text_tower`); 0 for a SigLIP text tower.
         temporal: "causal" (StreamFormer), "bidirectional" or "none" (gates fixed at 0), for ablations.
         lr, weight_decay, betas, warmup_ratio, min_lr: AdamW and a per-step cosine schedule.
     """
@@ -110,6 +125,7 @@ class StreamFormerPretraining(L.LightningModule):
         config: dict[str, Any] | None = None,
         segmentation_loss: SegmentationLoss = "sigmoid",
         freeze_text_encoder: bool = True,
+        text_warmup_steps: int = 0,
         temporal: TemporalMode = "causal",
         lr: float = 7e-5,
         weight_decay: float = 0.05,
@@ -130,8 +146,10 @@ class StreamFormerPretraining(L.LightningModule):
         if self.model is None:
             self.build(self.trainer.datamodule)
 
-    def build(self, datamodule: MultiTaskDataModule) -> None:
-        """Create the model, the task heads and the class prompts for the data's tasks."""
+    def build(self, datamodule: MultiTaskDataModule, warm_up_text: bool = True) -> None:
+        """Create the model, the task heads and the class prompts for the data's tasks.
+
+        `warm_up_text=False` skips the text warm-up (when weights will be loaded right after)."""
         tokenizer = datamodule.tokenizer
         if self.hparams.pretrained:
             model = StreamFormerModel.from_pretrained(self.hparams.pretrained)
@@ -154,6 +172,14 @@ class StreamFormerPretraining(L.LightningModule):
             for task, templates in (("ar", CLASS_TEMPLATES), ("localization", CLASS_TEMPLATES), ("vis", SEGMENTATION_TEMPLATES))
             if task in datamodule.tasks
         }
+        if warm_up_text and not self.hparams.pretrained and self.hparams.text_warmup_steps:
+            groups = [templates for task in self.class_texts.values() for templates in task]
+            groups += [[text, f"a video of {text}", f"{text}."] for text in sorted(set(datamodule.texts()))]
+            text_model = model.text_encoder
+            text_model.requires_grad_(True)
+            losses = warm_up_text_tower(text_model, tokenizer, groups, self.hparams.text_warmup_steps)
+            text_model.requires_grad_(not self.hparams.freeze_text_encoder)
+            print(f"text warm-up: {len(groups)} text groups, InfoNCE {losses[0]:.3f} -> {losses[-1]:.3f}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["streamformer_config"] = self.model.config.to_dict()  # for `streamformer-pretrain export`
@@ -227,6 +253,18 @@ class StreamFormerPretraining(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=len(batch["video"]))
         return loss
 
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run, from the sampler's length. (Not
+        `trainer.estimated_stepping_batches`: it builds the dataloader before a checkpoint is
+        restored, and the loader's mid-epoch position would then never be loaded.)"""
+        trainer = self.trainer
+        per_epoch = math.ceil(trainer.datamodule.batches_per_epoch(trainer.world_size) / trainer.accumulate_grad_batches)
+        limits = [per_epoch * trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else math.inf]
+        limits.append(trainer.max_steps if trainer.max_steps > 0 else math.inf)
+        if min(limits) == math.inf:
+            raise ValueError("set trainer.max_epochs or trainer.max_steps: the cosine schedule needs the run's length")
+        return max(1, int(min(limits)))
+
     def configure_optimizers(self):
         decay, no_decay = [], []
         for name, param in self.named_parameters():
@@ -239,7 +277,7 @@ class StreamFormerPretraining(L.LightningModule):
             lr=self.hparams.lr,
             betas=self.hparams.betas,
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self.total_steps()
         warmup = int(self.hparams.warmup_ratio * total)
         floor = self.hparams.min_lr / self.hparams.lr
 

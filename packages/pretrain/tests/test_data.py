@@ -1,0 +1,69 @@
+"""The readers of the original formats, on a synthetic world whose ground truth is known."""
+
+import json
+
+import numpy as np
+import torch
+
+from streamformer.synthetic import ACTIONS, sample_scene
+from streamformer_pretrain.data import ClipOptions, MultiTaskDataset, collate, synthetic_task_datasets
+
+OPTIONS = ClipOptions(num_frames=8, image_size=32, train=True)
+
+
+def test_every_task_reads_with_the_right_shapes(world):
+    datasets = synthetic_task_datasets(world.root, "train", OPTIONS)
+    expected_keys = {
+        "ar": {"video", "label"},
+        "retrieval": {"video", "caption"},
+        "grounding": {"video", "caption", "frame_labels"},
+        "localization": {"video", "frame_labels", "dataset"},
+        "vis": {"video", "mask", "dataset"},
+        "rvos": {"video", "caption", "mask"},
+    }
+    for task, dataset in datasets.items():
+        assert len(dataset) > 0, task
+        item = dataset.get(0, seed=0)
+        assert item is not None, task
+        assert set(item) - {"task"} == expected_keys[task], task
+        assert item["video"].shape == (8, 3, 32, 32) and -1 <= item["video"].min() <= item["video"].max() <= 1
+        if "mask" in item:
+            assert item["mask"].shape == (8, 32, 32) and item["mask"].any()
+
+
+def test_labels_follow_the_scene_ground_truth(world):
+    """AR labels and localization frame labels agree with the generator's own timeline."""
+    datasets = synthetic_task_datasets(
+        world.root, "train", ClipOptions(num_frames=24, image_size=32, train=False), ("ar", "localization")
+    )
+    label2id = json.loads((world.root / "ar/label2id.json").read_text())
+    assert sorted(label2id, key=label2id.get) == list(ACTIONS)
+    loc = datasets["localization"]
+    for index in range(len(loc)):
+        sample = loc.samples[index]
+        position = world.train_ids.index(sample["video_id"])
+        scene = sample_scene(np.random.default_rng([0, 0, position]), world.config)
+        item = loc.get(index, seed=0)  # 24 of 24 frames: every frame, in order
+        truth = torch.as_tensor(scene.frame_labels())
+        # frame labels are class ids of the world's action names; background -1
+        assert torch.equal(item["frame_labels"], truth), sample["video_id"]
+
+
+def test_broken_video_is_skipped_named_and_counted(world, tmp_path, caplog):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(world.root, root)
+    first = (root / "ar/train.csv").read_text().splitlines()[0].split(",")[0]
+    (root / first).write_bytes(b"not a video")
+    ar = synthetic_task_datasets(root, "train", OPTIONS, ("ar",))["ar"]
+    dataset = MultiTaskDataset({"ar": ar})
+    batch = collate([dataset[("ar", i, i)] for i in range(4)])
+    assert batch["skipped"] == 1 and len(batch["video"]) == 3
+    assert first.split("/")[-1].removesuffix(".mp4") in caplog.text
+
+
+def test_sampling_is_a_function_of_the_seed(world):
+    ar = synthetic_task_datasets(world.root, "train", OPTIONS, ("ar",))["ar"]
+    assert torch.equal(ar.get(3, seed=7)["video"], ar.get(3, seed=7)["video"])
+    assert not torch.equal(ar.get(3, seed=7)["video"], ar.get(3, seed=8)["video"])

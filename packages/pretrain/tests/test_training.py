@@ -1,0 +1,82 @@
+"""Training through Lightning: one run end to end, and a killed run that resumes exactly."""
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from streamformer_pretrain import MultiTaskDataModule, StreamFormerPretraining
+
+TINY = dict(
+    image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    intermediate_size=64, lora_rank=4, lora_alpha=4.0,
+    text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+)  # fmt: skip
+
+
+class Killed(Exception):
+    pass
+
+
+class Recorder(Callback):
+    """Per optimizer step: the batch's task and a fingerprint of its pixels; kills at `kill_at`."""
+
+    def __init__(self, kill_at: int | None = None) -> None:
+        self.steps, self.kill_at = [], kill_at
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.steps.append((trainer.global_step, batch["task"], round(batch["video"].double().sum().item(), 4)))
+        if trainer.global_step == self.kill_at:
+            raise Killed
+
+
+def make(world, tmp_path, *callbacks, **model_args):
+    data = MultiTaskDataModule(root=str(world.root), tasks=("ar", "grounding", "rvos"), num_frames=4, image_size=32, batch_size=4)
+    module = StreamFormerPretraining(config=TINY, text_warmup_steps=5, lr=1e-3, **model_args)
+    trainer = L.Trainer(
+        max_epochs=2, accelerator="cpu", devices=1, use_distributed_sampler=False, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, callbacks=list(callbacks),
+    )  # fmt: skip
+    return data, module, trainer
+
+
+def test_fit_trains_every_task_and_exports(world, tmp_path):
+    from streamformer import StreamFormerVisionModel
+    from streamformer_pretrain.cli import export
+
+    recorder = Recorder()
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    data, module, trainer = make(world, tmp_path, recorder, checkpoints, segmentation_loss="softmax")
+    before = {k: v.clone() for k, v in module.state_dict().items()} if module.model else None
+    trainer.fit(module, data)
+    assert {task for _, task, _ in recorder.steps} == {"ar", "grounding", "rvos"}
+    assert before is None and trainer.global_step == len(recorder.steps)
+    export(str(tmp_path / "ckpt" / "last.ckpt"), str(tmp_path / "backbone"))
+    backbone = StreamFormerVisionModel.from_pretrained(tmp_path / "backbone")
+    torch.testing.assert_close(backbone.state_dict(), module.model.timesformer.state_dict())
+
+
+def test_killed_run_resumes_at_the_saved_step_with_the_same_data_and_optimizer(world, tmp_path):
+    L.seed_everything(0)
+    full = Recorder()
+    data, module, trainer = make(world, tmp_path / "full", full)
+    trainer.fit(module, data)
+    assert len(full.steps) > 12
+
+    L.seed_everything(0)
+    first = Recorder(kill_at=7)
+    save = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
+    data, killed, trainer = make(world, tmp_path / "killed", first, save)
+    with pytest.raises(Killed):
+        trainer.fit(killed, data)
+    checkpoint = tmp_path / "ckpt" / "epoch=0-step=5.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["global_step"] == 5 and saved["optimizer_states"][0]["state"]
+
+    L.seed_everything(123)  # the resumed run must not depend on the global RNG
+    second = Recorder()
+    data, resumed, trainer = make(world, tmp_path / "resumed", second)
+    trainer.fit(resumed, data, ckpt_path=checkpoint)
+    assert second.steps == full.steps[5:]  # same step numbers, tasks and pixels from the saved step on
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, msg=key)
