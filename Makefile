@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constra
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo stream-demo test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,19 @@ $(VENV)/.installed: constraints.txt $(PACKAGES)
 	$(BIN)/python -c "import streamformer, torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 
+# The main job on the embedded default: write the synthetic world, pretrain the tiny model on its
+# six tasks, evaluate on held-out videos (table to docs/), export the backbone and stream a
+# held-out video through it frame by frame.
+TINY := runs/pretrain-tiny
 demo: setup
+	$(BIN)/streamformer synthetic runs/world
+	$(BIN)/streamformer-pretrain fit --config configs/pretrain/synthetic-tiny.yaml --trainer.enable_progress_bar true
+	$(BIN)/streamformer-pretrain evaluate $(TINY)/checkpoints/last.ckpt --root runs/world --output docs/pretrain/synthetic-tiny.md
+	$(BIN)/streamformer-pretrain export $(TINY)/checkpoints/last.ckpt $(TINY)/backbone
+	$(BIN)/streamformer stream runs/world/videos/v000200.mp4 $(TINY)/backbone --max_frames 16 --plot $(TINY)/stream.png
+
+# Streaming only: a random tiny StreamFormer on one synthetic clip (seconds).
+stream-demo: setup
 	$(BIN)/python -m streamformer.demo --output runs/demo
 
 test: setup

@@ -201,6 +201,10 @@ class LocalizationDataset(TaskDataset):
         super().__init__(options)
         self.video_root = Path(video_root)
         self.label2id: dict[str, dict[str, int]] = json.loads(Path(label2id).read_text())
+        if len(self.label2id) != 1:
+            raise ValueError(f"{label2id}: one class vocabulary per reader, got data sets {sorted(self.label2id)}")
+        classes = next(iter(self.label2id.values()))
+        self.class_names = sorted(classes, key=classes.get)
         videos: dict[str, dict[str, Any]] = {}
         for row in _read_csv(csv_path):
             entry = videos.setdefault(row["video_id"], {"video_id": row["video_id"], "dataset": row["dataset"], "windows": []})
@@ -236,10 +240,14 @@ class VisDataset(TaskDataset):
 
     task = "vis"
 
-    def __init__(self, json_path: str, frame_root: str, dataset: str, options: ClipOptions = ClipOptions()) -> None:
+    def __init__(
+        self, json_path: str, frame_root: str, label2id: str, dataset: str, options: ClipOptions = ClipOptions()
+    ) -> None:
         super().__init__(options)
         data = json.loads(Path(json_path).read_text())
         self.frame_root, self.dataset = Path(frame_root), dataset
+        classes = json.loads(Path(label2id).read_text())[dataset]  # mask values index this order; 0 = background
+        self.class_names = sorted(classes, key=classes.get)
         annotations: dict[int, list] = {}
         for ann in data["annotations"]:
             annotations.setdefault(ann["video_id"], []).append(ann)
@@ -422,6 +430,16 @@ def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     return batch
 
 
+READERS: dict[str, type[TaskDataset]] = {
+    "ar": ActionRecognitionDataset,
+    "retrieval": RetrievalDataset,
+    "grounding": GroundingDataset,
+    "localization": LocalizationDataset,
+    "vis": VisDataset,
+    "rvos": ReferringDataset,
+}
+
+
 def synthetic_task_datasets(
     root: str | Path, split: str, options: ClipOptions, tasks: tuple[str, ...] = TASKS
 ) -> dict[str, TaskDataset]:
@@ -434,7 +452,9 @@ def synthetic_task_datasets(
         "localization": lambda: LocalizationDataset(
             root / f"localization/{split}.csv", root / "videos", root / "localization/label2id.json", options
         ),
-        "vis": lambda: VisDataset(root / f"vis/{split}_Synthetic.json", root / "vis", "Synthetic", options),
+        "vis": lambda: VisDataset(
+            root / f"vis/{split}_Synthetic.json", root / "vis", root / "vis/label2id.json", "Synthetic", options
+        ),
         "rvos": lambda: ReferringDataset(root / f"rvos/{split}_MEVIS.csv", root / "videos", root / "rvos/masks", options),
     }
     unknown = set(tasks) - set(builders)

@@ -112,6 +112,19 @@ def localization_loss(logits: TaskLogits, frames: Tensor, classes: Tensor, frame
     return per_sample.mean()
 
 
+def balanced_sigmoid_loss(scores: Tensor, positive: Tensor) -> Tensor:
+    """Per-pixel sigmoid loss with positive and negative pixels weighted equally per sample.
+
+    Objects cover a few percent of a frame; an unweighted mean is minimised by calling every
+    pixel background, which is what an unweighted loss learned on the synthetic world."""
+    per_pixel = -F.logsigmoid((positive.to(scores.dtype) * 2 - 1) * scores)
+    dims = tuple(range(1, scores.ndim))
+    pos = positive.to(scores.dtype)
+    mean_pos = (per_pixel * pos).sum(dims) / pos.sum(dims).clamp(min=1)
+    mean_neg = (per_pixel * (1 - pos)).sum(dims) / (1 - pos).sum(dims).clamp(min=1)
+    return ((mean_pos + mean_neg) / 2).mean()
+
+
 def _upsample(scores: Tensor, size: int) -> Tensor:
     """[B, T, N, K] patch scores -> [B, T, K, size, size] (bilinear, align_corners=False)."""
     b, t, n, k = scores.shape
@@ -126,7 +139,7 @@ def vis_loss(logits: TaskLogits, dense: Tensor, classes: Tensor, mask: Tensor, m
 
     softmax (original): cross-entropy over the C classes at every pixel, background pixels ignored.
     sigmoid (paper): every pixel is a positive for its class and a negative for the others;
-    background pixels are negatives for every real class.
+    background pixels are negatives for every real class (positives and negatives weighted equally).
     """
     scores = _upsample(logits(dense, classes, "btnd,cd->btnc"), mask.shape[-1])  # [B, T, C, S, S]
     if mode == "softmax":
@@ -139,8 +152,7 @@ def vis_loss(logits: TaskLogits, dense: Tensor, classes: Tensor, mask: Tensor, m
         counts = valid.flatten(1).sum(1).view(mask.shape[0], -1).sum(1).clamp(min=1)
         return (per_sample / counts).mean()
     positive = F.one_hot(mask, classes.shape[0]).permute(0, 1, 4, 2, 3).bool()[:, :, 1:]
-    real = scores[:, :, 1:]
-    return (-F.logsigmoid((positive.to(real.dtype) * 2 - 1) * real)).mean(dim=(1, 2, 3, 4)).mean()
+    return balanced_sigmoid_loss(scores[:, :, 1:], positive)
 
 
 def rvos_loss(logits: TaskLogits, dense: Tensor, captions: Tensor, mask: Tensor, mode: SegmentationLoss, rank: int = 0) -> Tensor:
@@ -148,7 +160,8 @@ def rvos_loss(logits: TaskLogits, dense: Tensor, captions: Tensor, mask: Tensor,
     [W*B, D]; sample i's own expression is rank*B + i; mask [B, T, S, S] is its object.
 
     softmax (original): at foreground pixels, cross-entropy over all expressions (background ignored).
-    sigmoid (paper): the own expression's score is positive on the object and negative elsewhere.
+    sigmoid (paper): the own expression's score is positive on the object and negative elsewhere
+    (positives and negatives weighted equally).
     """
     b = dense.shape[0]
     own = rank * b + torch.arange(b, device=dense.device)
@@ -159,4 +172,4 @@ def rvos_loss(logits: TaskLogits, dense: Tensor, captions: Tensor, mask: Tensor,
             return scores.sum() * 0.0
         return F.cross_entropy(scores.flatten(0, 1), target.flatten(0, 1), ignore_index=-1)
     scores = _upsample(logits(dense, captions[own], "btnd,bd->btn")[..., None], mask.shape[-1])[:, :, 0]
-    return (-F.logsigmoid((mask.to(scores.dtype) * 2 - 1) * scores)).mean()
+    return balanced_sigmoid_loss(scores, mask.bool())

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from streamformer import StreamFormerConfig, StreamFormerModel
 
 from .data import (
+    READERS,
     TASKS,
     ClipOptions,
     MultiTaskDataset,
@@ -40,20 +41,26 @@ TemporalMode = Literal["causal", "bidirectional", "none"]
 
 
 class MultiTaskDataModule(L.LightningDataModule):
-    """The six tasks of a world on disk (the synthetic world's layout), one task per batch.
+    """The pretraining tasks, one task per batch.
 
     Args:
-        root: folder written by `streamformer.synthetic.generate_world`.
+        root: a world written by `streamformer.synthetic.generate_world` (its layout is known).
         tasks: which tasks to train on.
+        task_files: for real data sets instead of `root`: per task, the arguments of its reader in
+            `streamformer_pretrain.data` (e.g. `ar: {csv_path, prefix, label2id}`).
+        tokenizer: a tokenizer directory (SigLIP's for real data); default: a word-level tokenizer
+            built from the data's texts.
         num_frames, image_size: clip shape fed to the model.
         batch_size: per device.
-        hflip: paired horizontal flips at train time (off for worlds whose text names directions).
+        hflip: paired horizontal flips at train time (off for data whose text names directions).
     """
 
     def __init__(
         self,
-        root: str = "runs/world",
+        root: str | None = "runs/world",
         tasks: tuple[str, ...] = TASKS,
+        task_files: dict[str, dict[str, Any]] | None = None,
+        tokenizer: str | None = None,
         num_frames: int = 8,
         image_size: int = 32,
         batch_size: int = 8,
@@ -63,9 +70,21 @@ class MultiTaskDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.root, self.tasks = Path(root), tuple(tasks)
-        self.train_sets = synthetic_task_datasets(root, "train", ClipOptions(num_frames, image_size, True, hflip), self.tasks)
-        self.tokenizer = word_tokenizer(self.texts())
+        self.tasks = tuple(tasks)
+        self.root = Path(root) if root else None
+        options = ClipOptions(num_frames, image_size, True, hflip)
+        if task_files:
+            self.train_sets = {task: READERS[task](**task_files[task], options=options) for task in self.tasks}
+        elif self.root is not None:
+            self.train_sets = synthetic_task_datasets(self.root, "train", options, self.tasks)
+        else:
+            raise ValueError("give either root (a synthetic world) or task_files (real data sets)")
+        if tokenizer:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        else:
+            self.tokenizer = word_tokenizer(self.texts())
 
     def texts(self) -> list[str]:
         """Every class name, caption and expression of the training data."""
@@ -78,15 +97,8 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     def class_names(self, task: str) -> list[str]:
         """Class names in id order for the tasks that classify (empty for the others)."""
-        import json
-
-        files = {"ar": "ar/label2id.json", "localization": "localization/label2id.json", "vis": "vis/label2id.json"}
-        if task not in files:
-            return []
-        mapping = json.loads((self.root / files[task]).read_text())
-        if task != "ar":
-            mapping = next(iter(mapping.values()))  # {dataset: {name: id}}: one dataset here
-        return sorted(mapping, key=mapping.get)
+        dataset = self.train_sets.get(task)
+        return list(getattr(dataset, "class_names", []))
 
     def batch_sampler(self, rank: int = 0, world_size: int = 1) -> TaskBalancedBatchSampler:
         sizes = {task: len(d) for task, d in self.train_sets.items()}
