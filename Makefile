@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constra
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo stream-demo test lint bench clean
+.PHONY: setup demo stream-demo ablation-temporal ablation-tasks test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,15 @@ demo: setup
 	$(BIN)/streamformer-pretrain evaluate $(TINY)/checkpoints/last.ckpt --root runs/world --output docs/pretrain/synthetic-tiny.md
 	$(BIN)/streamformer-pretrain export $(TINY)/checkpoints/last.ckpt $(TINY)/backbone
 	$(BIN)/streamformer stream runs/world/videos/v000200.mp4 $(TINY)/backbone --max_frames 16 --plot $(TINY)/stream.png
+
+# Ablations in the paper's direction (Tables 6 and 5), tables to docs/pretrain/.
+ablation-temporal: setup
+	test -f runs/world/world.json || $(BIN)/streamformer synthetic runs/world
+	$(BIN)/python -m streamformer_pretrain.ablation temporal --output docs/pretrain/ablation-temporal.md
+
+ablation-tasks: setup
+	test -f runs/world/world.json || $(BIN)/streamformer synthetic runs/world
+	$(BIN)/python -m streamformer_pretrain.ablation tasks --output docs/pretrain/ablation-tasks.md
 
 # Streaming only: a random tiny StreamFormer on one synthetic clip (seconds).
 stream-demo: setup

@@ -45,7 +45,8 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     Args:
         root: a world written by `streamformer.synthetic.generate_world` (its layout is known).
-        tasks: which tasks to train on.
+        tasks: the tasks the model has heads for.
+        train_tasks: the tasks batches are drawn from (default: all of `tasks`), for task ablations.
         task_files: for real data sets instead of `root`: per task, the arguments of its reader in
             `streamformer_pretrain.data` (e.g. `ar: {csv_path, prefix, label2id}`).
         tokenizer: a tokenizer directory (SigLIP's for real data); default: a word-level tokenizer
@@ -59,6 +60,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         self,
         root: str | None = "runs/world",
         tasks: tuple[str, ...] = TASKS,
+        train_tasks: tuple[str, ...] | None = None,
         task_files: dict[str, dict[str, Any]] | None = None,
         tokenizer: str | None = None,
         num_frames: int = 8,
@@ -101,7 +103,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         return list(getattr(dataset, "class_names", []))
 
     def batch_sampler(self, rank: int = 0, world_size: int = 1) -> TaskBalancedBatchSampler:
-        sizes = {task: len(d) for task, d in self.train_sets.items()}
+        trained = self.hparams.train_tasks or self.tasks
+        sizes = {task: len(d) for task, d in self.train_sets.items() if task in trained}
         return TaskBalancedBatchSampler(sizes, self.hparams.batch_size, self.hparams.seed, rank, world_size)
 
     def batches_per_epoch(self, world_size: int = 1) -> int:
