@@ -74,7 +74,7 @@ def main() -> None:
         for name, tasks in TASK_SETS.items():
             rows[name] = run(f"tasks-{name}", ["--data.train_tasks", str(tasks)], args)
         text = table(rows, "Ablation: pretraining task sets (paper Table 5 direction)",
-                     f"Tiny model, {args.epochs} epochs per run, held-out synthetic metrics; all heads exist in every run.")  # fmt: skip
+                     f"Tiny model, {args.epochs} epochs per run (equal epochs: a run on fewer tasks takes fewer steps), held-out synthetic metrics; all heads exist in every run.")  # fmt: skip
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(text)
     print(text)

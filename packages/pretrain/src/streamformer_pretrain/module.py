@@ -9,6 +9,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from streamformer import StreamFormerConfig, StreamFormerModel
@@ -194,7 +195,7 @@ class StreamFormerPretraining(L.LightningModule):
             text_model.requires_grad_(True)
             losses = warm_up_text_tower(text_model, tokenizer, groups, self.hparams.text_warmup_steps)
             text_model.requires_grad_(not self.hparams.freeze_text_encoder)
-            print(f"text warm-up: {len(groups)} text groups, InfoNCE {losses[0]:.3f} -> {losses[-1]:.3f}")
+            rank_zero_info(f"text warm-up: {len(groups)} text groups, InfoNCE {losses[0]:.3f} -> {losses[-1]:.3f}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["streamformer_config"] = self.model.config.to_dict()  # for `streamformer-pretrain export`
