@@ -61,6 +61,11 @@ def test_gate_starts_at_zero_and_lora_is_identity():
         assert layer.attention.attention.qkv.lora_A["default"].weight.abs().sum() > 0
 
 
+def test_gate_init_is_configurable_for_from_scratch_training():
+    model = StreamFormerVisionModel(tiny_config(temporal_gate_init=0.5))
+    assert all(layer.temporal_attention_gating.item() == 0.5 for layer in model.encoder.layer)
+
+
 @torch.no_grad()
 def test_eager_equals_sdpa(video_tensor):
     model = tiny_model()

@@ -31,6 +31,9 @@ class StreamFormerConfig(PretrainedConfig):
             `"gelu"` although SigLIP was trained with `"gelu_pytorch_tanh"`.
         enable_causal_temporal: causal (streamable) temporal attention; `False` makes it
             bidirectional (offline only, used by the temporal ablation).
+        temporal_gate_init: initial value of each layer's temporal gate (used through tanh). 0, the
+            original's, keeps an image model's features intact at the start; a backbone trained
+            from scratch has none to protect and learns motion sooner with an open gate.
         add_lora_spatial: build LoRA adapters (through peft) on the spatial qkv and output projection.
         lora_rank, lora_alpha: LoRA shape; the original uses rank 32 with scale alpha/rank = 1.
         temporal_position: how frames past `num_frames` get a time embedding. `"clamp"` (default):
@@ -61,6 +64,7 @@ class StreamFormerConfig(PretrainedConfig):
     attention_type: str = "divided_space_time"
     drop_path_rate: float = 0.0
     enable_causal_temporal: bool = True
+    temporal_gate_init: float = 0.0
     add_lora_spatial: bool = True
     lora_rank: int = 32
     lora_alpha: float = 32.0

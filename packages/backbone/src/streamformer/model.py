@@ -351,8 +351,8 @@ class StreamFormerPreTrainedModel(PreTrainedModel):
         if isinstance(module, StreamFormerEmbeddings):
             init.normal_(module.position_embeddings, std=std)
             init.normal_(module.time_embeddings, std=std)
-        elif isinstance(module, StreamFormerLayer):
-            init.zeros_(module.temporal_attention_gating)  # the temporal branch starts switched off
+        elif isinstance(module, StreamFormerLayer):  # 0 by default: the temporal branch starts switched off
+            init.constant_(module.temporal_attention_gating, self.config.temporal_gate_init)
         elif isinstance(module, SiglipMultiheadAttentionPoolingHead):
             init.normal_(module.probe, std=std)
         elif isinstance(module, StreamFormerModel):
