@@ -20,7 +20,7 @@ from torchmetrics.functional.classification import binary_average_precision
 from tqdm import tqdm
 
 from .data import ClipOptions, collate, synthetic_task_datasets
-from .heads import _upsample
+from .heads import upsample_patch_scores
 from .module import StreamFormerPretraining
 
 
@@ -106,7 +106,7 @@ def evaluate(
         counts = torch.zeros(2, 2, classes.shape[0])  # [model | random guess, intersection | union, class]
         for batch in _batches(datasets["vis"], batch_size):
             dense = module.dense(vision(batch["video"]).last_hidden_state)
-            scores = _upsample(logits(dense, classes, "btnd,cd->btnc"), batch["mask"].shape[-1])[:, :, 1:]
+            scores = upsample_patch_scores(logits(dense, classes, "btnd,cd->btnc"), batch["mask"].shape[-1])[:, :, 1:]
             best, index = scores.max(dim=2)
             pred = torch.where(best > 0, index + 1, torch.zeros_like(index))  # no positive score: background
             guess = torch.randint(0, classes.shape[0], pred.shape, generator=random)
@@ -124,7 +124,7 @@ def evaluate(
         for batch in _batches(datasets["rvos"], batch_size):
             dense = module.dense(vision(batch["video"]).last_hidden_state)
             own = module.embed_texts(batch["caption"])
-            scores = _upsample(logits(dense, own, "btnd,bd->btn")[..., None], batch["mask"].shape[-1])[:, :, 0]
+            scores = upsample_patch_scores(logits(dense, own, "btnd,bd->btn")[..., None], batch["mask"].shape[-1])[:, :, 0]
             for pred, truth in zip(scores > 0, batch["mask"].bool(), strict=True):
                 ious.append(_mask_iou(pred, truth))
                 chance.append(_mask_iou(torch.rand(truth.shape, generator=random) < 0.5, truth))

@@ -21,10 +21,14 @@ from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionP
 SegmentationLoss = Literal["sigmoid", "softmax"]
 
 
+def sigmoid_terms(logits: Tensor, positive: Tensor) -> Tensor:
+    """SigLIP's pairwise loss per element, -logsigmoid(+-logits); `positive` is boolean like `logits`."""
+    return -F.logsigmoid((positive.to(logits.dtype) * 2 - 1) * logits)
+
+
 def sigmoid_loss(logits: Tensor, positive: Tensor) -> Tensor:
-    """Sum of SigLIP's pairwise loss; `positive` is a boolean tensor like `logits`."""
-    signs = positive.to(logits.dtype) * 2 - 1
-    return -F.logsigmoid(signs * logits).sum()
+    """Sum of SigLIP's pairwise loss."""
+    return sigmoid_terms(logits, positive).sum()
 
 
 class TaskLogits(nn.Module):
@@ -108,7 +112,7 @@ def localization_loss(logits: TaskLogits, frames: Tensor, classes: Tensor, frame
     Per sample the sum is divided by T, then samples are averaged."""
     scores = logits(frames, classes, "btd,cd->btc")
     positive = F.one_hot(frame_labels.clamp(min=0), classes.shape[0]).bool() & (frame_labels >= 0)[..., None]
-    per_sample = -F.logsigmoid((positive.to(scores.dtype) * 2 - 1) * scores).sum(dim=(1, 2)) / frames.shape[1]
+    per_sample = sigmoid_terms(scores, positive).sum(dim=(1, 2)) / frames.shape[1]
     return per_sample.mean()
 
 
@@ -117,7 +121,7 @@ def balanced_sigmoid_loss(scores: Tensor, positive: Tensor) -> Tensor:
 
     Objects cover a few percent of a frame; an unweighted mean is minimised by calling every
     pixel background, which is what an unweighted loss learned on the synthetic world."""
-    per_pixel = -F.logsigmoid((positive.to(scores.dtype) * 2 - 1) * scores)
+    per_pixel = sigmoid_terms(scores, positive)
     dims = tuple(range(1, scores.ndim))
     pos = positive.to(scores.dtype)
     mean_pos = (per_pixel * pos).sum(dims) / pos.sum(dims).clamp(min=1)
@@ -125,7 +129,7 @@ def balanced_sigmoid_loss(scores: Tensor, positive: Tensor) -> Tensor:
     return ((mean_pos + mean_neg) / 2).mean()
 
 
-def _upsample(scores: Tensor, size: int) -> Tensor:
+def upsample_patch_scores(scores: Tensor, size: int) -> Tensor:
     """[B, T, N, K] patch scores -> [B, T, K, size, size] (bilinear, align_corners=False)."""
     b, t, n, k = scores.shape
     side = math.isqrt(n)
@@ -141,7 +145,7 @@ def vis_loss(logits: TaskLogits, dense: Tensor, classes: Tensor, mask: Tensor, m
     sigmoid (paper): every pixel is a positive for its class and a negative for the others;
     background pixels are negatives for every real class (positives and negatives weighted equally).
     """
-    scores = _upsample(logits(dense, classes, "btnd,cd->btnc"), mask.shape[-1])  # [B, T, C, S, S]
+    scores = upsample_patch_scores(logits(dense, classes, "btnd,cd->btnc"), mask.shape[-1])  # [B, T, C, S, S]
     if mode == "softmax":
         target = torch.where(mask > 0, mask, torch.full_like(mask, -1))
         if not (target >= 0).any():
@@ -166,10 +170,10 @@ def rvos_loss(logits: TaskLogits, dense: Tensor, captions: Tensor, mask: Tensor,
     b = dense.shape[0]
     own = rank * b + torch.arange(b, device=dense.device)
     if mode == "softmax":
-        scores = _upsample(logits(dense, captions, "btnd,kd->btnk"), mask.shape[-1])  # [B, T, K, S, S]
+        scores = upsample_patch_scores(logits(dense, captions, "btnd,kd->btnk"), mask.shape[-1])  # [B, T, K, S, S]
         target = torch.where(mask.bool(), own[:, None, None, None].expand_as(mask), torch.full_like(mask, -1))
         if not (target >= 0).any():
             return scores.sum() * 0.0
         return F.cross_entropy(scores.flatten(0, 1), target.flatten(0, 1), ignore_index=-1)
-    scores = _upsample(logits(dense, captions[own], "btnd,bd->btn")[..., None], mask.shape[-1])[:, :, 0]
+    scores = upsample_patch_scores(logits(dense, captions[own], "btnd,bd->btn")[..., None], mask.shape[-1])[:, :, 0]
     return balanced_sigmoid_loss(scores, mask.bool())
