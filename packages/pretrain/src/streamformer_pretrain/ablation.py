@@ -16,9 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .cli import evaluate
 from .cli import main as cli_main
-from .evaluate import evaluate, load_checkpoint
-from .module import MultiTaskDataModule
 
 TASK_SETS = {
     "global": ["ar", "retrieval"],
@@ -38,9 +37,7 @@ def run(name: str, overrides: list[str], args: argparse.Namespace) -> dict:
          "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false",
          "--trainer.callbacks", json.dumps([checkpoint]), *overrides]
     )  # fmt: skip
-    datamodule = MultiTaskDataModule(root=args.root, num_frames=args.num_frames, image_size=args.image_size)
-    module = load_checkpoint(out / "checkpoints" / "last.ckpt", datamodule)
-    return evaluate(module, args.root, args.num_frames, args.image_size)
+    return evaluate(str(out / "checkpoints" / "last.ckpt"), root=args.root)
 
 
 def table(rows: dict[str, dict], title: str, note: str) -> str:
@@ -59,8 +56,6 @@ def main() -> None:
     parser.add_argument("--config", default="configs/pretrain/synthetic-tiny.yaml")
     parser.add_argument("--root", default="runs/world")
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--num_frames", type=int, default=8)
-    parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--workdir", default="runs/ablation")
     parser.add_argument("--output", required=True)
     args = parser.parse_args()

@@ -7,11 +7,12 @@ like any transformers tokenizer.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
+
+from streamformer.synthetic import words
 
 # Action-recognition / localization class templates: 4 openings x 7 endings (reference 7.1).
 _OPENINGS = ("a photo of", "a video of", "a example of", "a demonstration of")
@@ -21,12 +22,6 @@ CLASS_TEMPLATES = tuple(f"{opening} {ending}" for opening in _OPENINGS for endin
 SEGMENTATION_TEMPLATES = ("{}",)
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "</s>")
-_WORD = re.compile(r"\w+|[^\w\s]+")
-
-
-def words(texts: Iterable[str]) -> list[str]:
-    """The sorted lower-case words and punctuation marks of `texts` (the tokenizer's pre-tokenisation)."""
-    return sorted({w for text in texts for w in _WORD.findall(text.lower())})
 
 
 def word_tokenizer(texts: Iterable[str], max_length: int = 16) -> PreTrainedTokenizerFast:
@@ -39,7 +34,7 @@ def word_tokenizer(texts: Iterable[str], max_length: int = 16) -> PreTrainedToke
         vocab.setdefault(word, len(vocab))
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Lowercase()
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # splits like _WORD
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # splits like `words`
     tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", eos_token="</s>", model_max_length=max_length

@@ -32,6 +32,7 @@ from .world import (
     WorldConfig,
     action_track,
     sample_scene,
+    words,
 )
 from .writers import OAD_CLASSES, VIS_CATEGORIES, compressed_rle, oad_targets, qa_items, uncompressed_rle
 
@@ -56,4 +57,5 @@ __all__ = [
     "qa_items",
     "sample_scene",
     "uncompressed_rle",
+    "words",
 ]

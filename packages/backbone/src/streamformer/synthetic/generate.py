@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from .world import ACTIONS, COLOURS, DATASET, SHAPES, WorldConfig, sample_scene
+from .world import ACTIONS, COLOURS, DATASET, SHAPES, WorldConfig, sample_scene, words
 from .writers import SplitWriter, write_shared_files
 
 SPLITS = ("train", "val")
-_WORD = re.compile(r"\w+|[^\w\s]+")
 
 
 @dataclass(frozen=True)
@@ -53,13 +51,13 @@ def generate_world(
         writers[split].add(f"v{number:06d}", sample_scene(rng, config), rng)
     records = {path: n for writer in writers.values() for path, n in writer.close().items()}
     write_shared_files(root, writers["train"].video_ids, writers["val"].video_ids)
-    words = sorted({w for writer in writers.values() for text in writer.texts() for w in _WORD.findall(text.lower())})
+    vocabulary = words(text for writer in writers.values() for text in writer.texts())
     world = {
         "dataset": DATASET,
         "seed": seed,
         "config": asdict(config),
         "splits": counts,
-        "vocabulary": {"shapes": list(SHAPES), "colours": list(COLOURS), "actions": list(ACTIONS), "words": words},
+        "vocabulary": {"shapes": list(SHAPES), "colours": list(COLOURS), "actions": list(ACTIONS), "words": vocabulary},
     }
     (root / "world.json").write_text(json.dumps(world, indent=1))
     return WorldSummary(root, seed, config, writers["train"].video_ids, writers["val"].video_ids, records)

@@ -9,7 +9,8 @@ their order does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -61,6 +62,13 @@ TWO_OBJECTS_PROB = 0.75  # videos with a second object (RVOS needs two)
 TWO_ACTIONS_PROB = 0.5  # among those, videos where both objects act
 SAME_LOOK_PROB = 0.3  # second object looks like the first: only its motion tells them apart
 PLACEMENT_TRIES = 100
+
+_WORD = re.compile(r"\w+|[^\w\s]+")  # how the world's texts split into words (and word-level tokenizers)
+
+
+def words(texts: Iterable[str]) -> list[str]:
+    """The sorted lower-case words and punctuation runs of `texts`: the world's vocabulary."""
+    return sorted({w for text in texts for w in _WORD.findall(text.lower())})
 
 
 @dataclass(frozen=True)
