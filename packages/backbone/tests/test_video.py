@@ -42,8 +42,13 @@ def test_segment_sampling():
 def test_fps_resampling():
     assert resample_indices(100, 25.0, 5.0) == [round(x) for x in np.linspace(0, 99, 20)]
     assert len(resample_indices(240, 30.0, 24.0)) == 192
+    # positions 0, 1.8, 3.6, 5.4, 7.2, 9: nearest frame, or truncated as the original OAD extraction
+    assert resample_indices(10, 10.0, 6.0) == [0, 2, 4, 5, 7, 9]
+    assert resample_indices(10, 10.0, 6.0, rounding="floor") == [0, 1, 3, 5, 7, 9]
     with pytest.raises(ValueError):
         resample_indices(10, 0, 5)
+    with pytest.raises(ValueError, match="rounding"):
+        resample_indices(10, 10.0, 6.0, rounding="ceil")
 
 
 def test_clip_reads_the_right_frames(tmp_path):

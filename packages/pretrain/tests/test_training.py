@@ -80,3 +80,11 @@ def test_killed_run_resumes_at_the_saved_step_with_the_same_data_and_optimizer(w
     assert second.steps == full.steps[5:]  # same step numbers, tasks and pixels from the saved step on
     for key, value in module.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, msg=key)
+
+
+def test_temporal_none_keeps_the_gates_closed(world, tmp_path):
+    data, module, trainer = make(world, tmp_path, temporal="none")
+    trainer.fit(module, data)
+    vision = module.model.timesformer
+    assert vision.temporal_gates().abs().sum() == 0
+    assert not any(layer.temporal_attention_gating.requires_grad for layer in vision.encoder.layer)

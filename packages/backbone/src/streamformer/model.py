@@ -473,6 +473,21 @@ class StreamFormerVisionModel(StreamFormerPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    def temporal_gates(self) -> Tensor:
+        """The raw temporal gate of every block, [num_layers] (each branch is scaled by tanh(gate))."""
+        return torch.stack([layer.temporal_attention_gating.detach() for layer in self.encoder.layer])
+
+    @torch.no_grad()
+    def disable_temporal(self) -> StreamFormerVisionModel:
+        """Zero and freeze every temporal gate, in place: no block mixes frames any more.
+
+        The time embeddings stay, so frame t is encoded alone, as an image with the time-embedding
+        row of its position (the "no temporal attention" ablation of pretraining and OAD)."""
+        for layer in self.encoder.layer:
+            layer.temporal_attention_gating.zero_()
+            layer.temporal_attention_gating.requires_grad_(False)
+        return self
+
     def merge_lora(self) -> StreamFormerVisionModel:
         """Fold the spatial LoRA adapters into their base weights (W <- W + scale * B @ A), in place."""
         for layer in self.encoder.layer:

@@ -75,12 +75,19 @@ def segment_indices(num_frames: int, num_segments: int, generator: torch.Generat
     return (start + offset * length).floor().clamp(max=num_frames - 1).long().tolist()
 
 
-def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> list[int]:
-    """Frame indices that resample a `source_fps` video to `target_fps` (evenly spaced, ends kept)."""
+def resample_indices(num_frames: int, source_fps: float, target_fps: float, rounding: str = "round") -> list[int]:
+    """Frame indices that resample a `source_fps` video to `target_fps` (evenly spaced, ends kept).
+
+    `rounding="floor"` truncates the evenly spaced positions as the original OAD feature
+    extraction does (`linspace(0, n - 1, count).astype(int)`); "round" takes the nearest frame.
+    """
     if source_fps <= 0 or target_fps <= 0:
         raise ValueError(f"fps must be positive, got source {source_fps} and target {target_fps}")
+    if rounding not in ("round", "floor"):
+        raise ValueError(f"rounding must be 'round' or 'floor', got {rounding!r}")
     count = max(1, int(num_frames / source_fps * target_fps))
-    return np.linspace(0, num_frames - 1, count).round().astype(int).tolist()
+    positions = np.linspace(0, num_frames - 1, count)
+    return (positions.round() if rounding == "round" else positions).astype(int).tolist()
 
 
 def read_frames(reader, indices: Sequence[int], path: str) -> Tensor:

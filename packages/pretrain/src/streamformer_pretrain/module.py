@@ -209,10 +209,8 @@ class StreamFormerPretraining(L.LightningModule):
             for linear in (layer.attention.attention.qkv, layer.attention.output.dense):
                 if hasattr(linear, "base_layer"):
                     linear.base_layer.requires_grad_(False)
-            if self.hparams.temporal == "none":
-                with torch.no_grad():
-                    layer.temporal_attention_gating.zero_()
-                layer.temporal_attention_gating.requires_grad_(False)
+        if self.hparams.temporal == "none":
+            vision.disable_temporal()
         self.model.text_encoder.requires_grad_(not self.hparams.freeze_text_encoder)
         self.model.logit_scale.requires_grad_(False)  # each task has its own pair
         self.model.logit_bias.requires_grad_(False)
