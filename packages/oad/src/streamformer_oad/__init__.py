@@ -1,0 +1,1 @@
+"""Online action detection on StreamFormer features (MAT head, THUMOS/TVSeries metrics)."""

@@ -1,0 +1,57 @@
+"""`streamformer-oad`: features, MAT training and evaluation, per-frame score plots.
+
+streamformer-oad extract BACKBONE VIDEOS OUTPUT_DIR [--protocol stream|chunks] [--window N] [--temporal false]
+streamformer-oad fit --config configs/oad/synthetic-mat.yaml
+streamformer-oad test --config configs/oad/synthetic-mat.yaml --ckpt_path CKPT [--data.evaluation online]
+streamformer-oad plot CKPT SESSION --config configs/oad/synthetic-mat.yaml --output scores.png
+streamformer-oad demo          # the synthetic comparison behind `make oad-demo`
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+from .module import OADDataModule, OnlineActionDetection
+
+# The memory and target lengths live once, in the model config; the data module reads them.
+LINKED_LENGTHS = {
+    "long_memory_num_samples": "long_memory_num_samples",
+    "work_memory_length": "work_length",
+    "anticipation_length": "anticipation_length",
+    "future_length": "future_length",
+}
+
+
+class OADCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        for source, target in LINKED_LENGTHS.items():
+            parser.link_arguments(f"model.config.{source}", f"data.{target}")
+
+
+def cli(args: list[str] | None = None, run: bool = True) -> OADCLI:
+    return OADCLI(
+        OnlineActionDetection,
+        OADDataModule,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["extract"], ["plot"], ["demo"]):
+        from jsonargparse import CLI
+
+        from .demo import plot, run_demo
+        from .features import extract_features
+
+        CLI({"extract": extract_features, "plot": plot, "demo": run_demo}, args=argv, as_positional=True)
+        return
+    cli(argv if argv != sys.argv[1:] else None)
+
+
+if __name__ == "__main__":
+    main()

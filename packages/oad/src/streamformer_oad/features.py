@@ -1,0 +1,444 @@
+"""OAD feature extraction: one pooled StreamFormer feature per 0.25 s of video, as Lightning predict.
+
+Every video is resampled to `fps` (24) frames per second with the original's rule
+(`linspace(0, n - 1, int(n / source_fps * fps)).astype(int)`, frames truncated, not rounded) and
+preprocessed with the backbone's SigLIP transform for OAD (short side resized to the model's
+image size, bilinear, centre crop, [-1, 1]). Its N resampled frames give L features, one per
+chunk of `chunk` (6) frames (4 per second at 24 fps / 6), on the chunk grid of the original
+`extract_oad_feature.py` (see `feature_frames`):
+
+    starts = linspace(0, N, N // chunk).astype(int), each clamped to N - chunk
+    ends   = starts + chunk - 1          (feature k describes resampled frame ends[k])
+
+Two protocols, both on this grid, so both give the same L for a video and feature k describes the
+same instant (frame ends[k], i.e. time ends[k] / fps s):
+
+* "chunks" (the original): frames starts[k] .. ends[k] are an independent `chunk`-frame clip
+  (time embeddings 0 .. chunk-1, no state across clips); feature k is the pooled output of the
+  clip's last frame.
+* "stream" (ours): one causal pass over frames 0 .. ends[-1] through the temporal KV cache (window
+  `window` frames with `sink_frames` sinks, None = unbounded), fed `frames_per_forward` frames at
+  a time (memory bounded; the result does not depend on it); feature k is the pooled output of
+  frame ends[k], which has seen every frame up to ends[k] (within the window) and none after.
+
+`grid="uniform"` replaces the linspace starts by 0, chunk, 2 chunk, ... (feature k ends the
+0.25 s interval [k/4, (k+1)/4) of target row k exactly); the original's linspace grid spaces the
+chunks N / (L - 1) > chunk frames apart, so its feature k drifts from the end of row k's interval
+to up to one chunk later (the last two features end within a frame of each other).
+
+`extract_features` runs it with `Trainer.predict` (shards over devices with Lightning's
+unrepeated distributed sampler) and writes `<out_dir>/<session>.npy` (float32 [L, D]) atomically.
+Sessions whose file exists are skipped (resumable); a video that cannot be decoded is logged by
+name, skipped and counted, never replaced by another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from streamformer import StreamFormerVisionModel
+from streamformer.cli import load_model
+from streamformer.video import open_video, preprocess, read_frames, resample_indices
+
+log = logging.getLogger(__name__)
+
+Protocol = Literal["stream", "chunks"]
+Grid = Literal["linspace", "uniform"]
+PROTOCOLS = ("stream", "chunks")
+GRIDS = ("linspace", "uniform")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
+DECODE_BYTES = 1 << 28  # raw frames decoded at once by the dataset (256 MiB)
+
+
+# ---------------------------------------------------------------------------------------------
+# The time grid
+
+
+def feature_frames(num_frames: int, chunk: int = 6, grid: Grid = "linspace") -> np.ndarray:
+    """Index of the resampled frame each feature describes (the last frame of its chunk), [L].
+
+    L = num_frames // chunk. "linspace" is the original's grid: chunk starts
+    `linspace(0, num_frames, L).astype(int)`, a start past the end clamped to the final `chunk`
+    frames (only the last one is: the spacing num_frames / (L - 1) exceeds `chunk`), so the last
+    feature is always the last frame. "uniform": starts 0, chunk, 2 chunk, ...
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
+    count = num_frames // chunk
+    starts = np.linspace(0, num_frames, count).astype(int) if grid == "linspace" else np.arange(count) * chunk
+    return np.minimum(starts, num_frames - chunk).astype(np.int64) + chunk - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The temporal branch switch (ablation: the same backbone without its temporal branch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames
+
+
+def quantize(pixels: Tensor) -> Tensor:
+    """[-1, 1] float pixels -> uint8 grey levels (at most 1/255 off; 1/4 the memory of float)."""
+    return ((pixels + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def dequantize(levels: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """uint8 grey levels -> [-1, 1] pixels (SigLIP's x / 255 normalised by mean = std = 0.5)."""
+    return levels.to(dtype) / 127.5 - 1
+
+
+@dataclass
+class ResampledFrames:
+    """A video's frames after resampling: frame i of the stream is `levels[index[i]]`.
+
+    `levels` holds each decoded source frame once (up-sampling repeats frames), preprocessed to the
+    model's size and kept as uint8 [U, 3, S, S]; `index` [N] maps stream frames to rows.
+    """
+
+    levels: Tensor
+    index: Tensor
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, frames: Tensor | np.ndarray, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+        """Pixels [t, 3, S, S] in [-1, 1] of stream frames `frames`."""
+        rows = self.index[torch.as_tensor(frames, dtype=torch.long)]
+        return dequantize(self.levels[rows].to(device, non_blocking=True), dtype)
+
+
+def _take(frames: Tensor | ResampledFrames, positions: np.ndarray, device: torch.device, dtype: torch.dtype) -> Tensor:
+    if isinstance(frames, ResampledFrames):
+        return frames.take(positions, device, dtype)
+    return frames[torch.as_tensor(positions, dtype=torch.long)].to(device=device, dtype=dtype)
+
+
+def load_frames(path: str | os.PathLike, size: int, fps: float = 24.0) -> ResampledFrames:
+    """Decode and preprocess a video for feature extraction; raises `VideoReadError` (or
+    ValueError for a broken frame rate) naming the file.
+
+    Resampling to `fps` truncates as the original (`linspace(0, n - 1, count).astype(int)`);
+    preprocessing is the backbone's "center_crop" mode at `size`, then stored as uint8 levels.
+    """
+    reader = open_video(path)
+    indices = resample_indices(len(reader), float(reader.get_avg_fps()), fps, rounding="floor")
+    unique, inverse = np.unique(np.asarray(indices), return_inverse=True)
+    height, width = reader[0].shape[:2]
+    block = max(1, DECODE_BYTES // (height * width * 3))
+    levels = [
+        quantize(preprocess(read_frames(reader, unique[i : i + block].tolist(), str(path)), size, "center_crop"))
+        for i in range(0, len(unique), block)
+    ]
+    return ResampledFrames(torch.cat(levels), torch.from_numpy(inverse.reshape(-1)).long())
+
+
+# ---------------------------------------------------------------------------------------------
+# Features of one video
+
+
+def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def video_features(
+    model: StreamFormerVisionModel,
+    frames: Tensor | ResampledFrames,
+    protocol: Protocol = "stream",
+    chunk: int = 6,
+    grid: Grid = "linspace",
+    window: int | None = None,
+    sink_frames: int = 0,
+    frames_per_forward: int = 48,
+) -> Tensor:
+    """Pooled features [L, D] (float32, CPU) of one video's resampled frames (see the module doc).
+
+    Args:
+        model: the backbone (in eval mode; run under torch.inference_mode()).
+        frames: [N, 3, S, S] pixels in [-1, 1], or `ResampledFrames`.
+        protocol: "stream" (one causal pass with the KV cache) or "chunks" (independent clips).
+        chunk: frames per feature (6 at 24 fps: 4 features per second).
+        grid: chunk grid, "linspace" (the original's) or "uniform"; see `feature_frames`.
+        window, sink_frames: temporal window of the stream in frames (None: unbounded).
+        frames_per_forward: frames per forward call (stream: frames fed to the cache at once;
+            chunks: frames_per_forward // chunk clips batched). Does not change the result.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "chunks" and (window is not None or sink_frames):
+        raise ValueError("window/sink_frames apply to the stream protocol (chunks are independent clips)")
+    if frames_per_forward < 1:
+        raise ValueError(f"frames_per_forward must be >= 1, got {frames_per_forward}")
+    ends = feature_frames(len(frames), chunk, grid)
+    device, dtype = model.device, _model_dtype(model)
+    parts: list[Tensor] = []
+    if len(ends) and protocol == "stream":
+        cache = model.new_cache(batch_size=1, max_frames=window, sink_frames=sink_frames)
+        for start in range(0, int(ends[-1]) + 1, frames_per_forward):
+            stop = min(start + frames_per_forward, int(ends[-1]) + 1)
+            context = model.temporal_context(stop - start, cache)
+            hidden = model.embed(_take(frames, np.arange(start, stop), device, dtype)[None], context)
+            hidden = model.forward_layers(hidden, context)
+            wanted = ends[(ends >= start) & (ends < stop)] - start
+            if len(wanted):
+                pooled = model.forward_head(model.post_layernorm(hidden[:, torch.as_tensor(wanted)]))
+                parts.append(pooled[0].float().cpu())
+    elif len(ends):
+        clips = max(1, frames_per_forward // chunk)
+        offsets = np.arange(chunk) - (chunk - 1)
+        for i in range(0, len(ends), clips):
+            positions = ends[i : i + clips, None] + offsets  # [clips, chunk]
+            pixels = _take(frames, positions.reshape(-1), device, dtype).unflatten(0, positions.shape)
+            context = model.temporal_context(chunk)
+            hidden = model.forward_layers(model.embed(pixels, context), context)
+            parts.append(model.forward_head(model.post_layernorm(hidden[:, -1:]))[:, 0].float().cpu())
+    if not parts:
+        return torch.zeros(0, model.config.hidden_size)
+    return torch.cat(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lightning: dataset, module, writer
+
+
+def list_videos(videos: str | os.PathLike | Sequence[tuple[str, str]] | Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
+    """(session, path) pairs from a directory (its video files, session = file stem), a list of
+    paths (session = stem) or a list of (session, path) pairs. Sessions must be unique."""
+    if isinstance(videos, (str, os.PathLike)):
+        folder = Path(videos)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"video directory not found: {folder}")
+        pairs = [(p.stem, str(p)) for p in sorted(folder.iterdir()) if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()]
+    else:
+        pairs = [(str(v[0]), str(v[1])) if isinstance(v, (tuple, list)) else (Path(v).stem, str(v)) for v in videos]
+    seen: dict[str, str] = {}
+    for session, path in pairs:
+        if session in seen:
+            raise ValueError(f"session {session!r} appears twice ({seen[session]} and {path}): output files would collide")
+        seen[session] = path
+    return pairs
+
+
+class VideoFeatureDataset(Dataset):
+    """One item per video: {"session", "path", "frames": ResampledFrames | None, "error": str | None}.
+
+    Decoding happens here, so DataLoader workers prefetch the next videos. A video that cannot be
+    decoded gives an item with its error and no frames (never another video's frames).
+    """
+
+    def __init__(self, videos: Sequence[tuple[str, str]], size: int, fps: float = 24.0) -> None:
+        self.videos = list(videos)
+        self.size, self.fps = size, fps
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        session, path = self.videos[i]
+        try:
+            frames = load_frames(path, self.size, self.fps)
+        except Exception as error:  # any decoding failure is the video's, never the run's
+            return {"session": session, "path": path, "frames": None, "error": f"{type(error).__name__}: {error}"}
+        return {"session": session, "path": path, "frames": frames, "error": None}
+
+
+def collate_videos(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Videos have different lengths: a batch is the list of its items."""
+    return items
+
+
+class FeatureExtractor(L.LightningModule):
+    """Predict-only module: `predict_step` maps a batch of videos to their [L, D] float32 features.
+
+    Each result is {"session", "path", "features": np.ndarray | None, "error": str | None}.
+    Arguments as `video_features`; `temporal=False` zeroes the temporal gates (`StreamFormerVisionModel.disable_temporal`).
+    """
+
+    def __init__(
+        self,
+        model: StreamFormerVisionModel,
+        protocol: Protocol = "stream",
+        chunk: int = 6,
+        grid: Grid = "linspace",
+        window: int | None = None,
+        sink_frames: int = 0,
+        frames_per_forward: int = 48,
+        temporal: bool = True,
+    ) -> None:
+        super().__init__()
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        if protocol == "stream" and model.config.temporal_position == "interpolate":
+            raise ValueError("the stream protocol needs temporal_position='clamp' (an 'interpolate' model cannot stream)")
+        self.model = model.eval()
+        if not temporal:
+            self.model.disable_temporal()
+        self.options = dict(
+            protocol=protocol,
+            chunk=chunk,
+            grid=grid,
+            window=window,
+            sink_frames=sink_frames,
+            frames_per_forward=frames_per_forward,
+        )
+        feature_frames(0, chunk, grid)  # validates chunk and grid now rather than at the first video
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch  # whole videos stay on the host; `video_features` moves one forward's frames at a time
+
+    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:
+        results = []
+        for item in batch:
+            result = {"session": item["session"], "path": item["path"], "features": None, "error": item["error"]}
+            if item["error"] is None:
+                result["features"] = video_features(self.model, item["frames"], **self.options).numpy().astype(np.float32)
+            results.append(result)
+        return results
+
+
+def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
+    """np.save to a hidden temporary file beside `path`, then rename it over `path`: readers see
+    the old file or the complete new one, never a truncated one."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(partial, "wb") as handle:
+            np.save(handle, array)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+class FeatureWriter(BasePredictionWriter):
+    """Writes each video's features to `<out_dir>/<session>.npy` as its batch ends; logs and counts
+    the videos that could not be decoded (this rank's `written` and `failed`)."""
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        super().__init__(write_interval="batch")
+        self.out_dir = Path(out_dir)
+        self.written = 0
+        self.failed: list[str] = []
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
+        for result in prediction:
+            if result["error"] is not None:
+                log.warning("skipping video %s (%s): %s", result["session"], result["path"], result["error"])
+                self.failed.append(result["session"])
+                continue
+            if len(result["features"]) == 0:
+                log.warning("video %s (%s) is shorter than one chunk: writing 0 features", result["session"], result["path"])
+            save_npy_atomic(self.out_dir / f"{result['session']}.npy", result["features"])
+            self.written += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+@dataclass
+class ExtractionSummary:
+    written: int = 0
+    skipped_existing: int = 0
+    failed: list[str] = field(default_factory=list)  # sessions whose video could not be decoded
+
+
+def extract_features(
+    model_path: str | os.PathLike,
+    videos: str | os.PathLike | Sequence[tuple[str, str]] | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    protocol: Protocol = "stream",
+    window: int | None = None,
+    sink_frames: int = 0,
+    fps: float = 24.0,
+    chunk: int = 6,
+    grid: Grid = "linspace",
+    temporal: bool = True,
+    frames_per_forward: int = 48,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    accelerator: str = "auto",
+    devices: int | str | list[int] = "auto",
+    strategy: str = "auto",
+    precision: str | int = "32-true",
+    progress: bool = True,
+) -> ExtractionSummary:
+    """Write `<out_dir>/<session>.npy` (float32 [L, D], 4 features per second by default) for every video.
+
+    Args:
+        model_path: StreamFormer checkpoint directory (ours, or an original checkpoint directory).
+        videos: a directory of video files, a list of paths, or a list of (session, path).
+        out_dir: output folder; sessions whose file exists there are skipped (resume).
+        protocol: "stream" (ours: one causal pass through the KV cache) or "chunks" (the original).
+        window, sink_frames: temporal window of the stream, in frames at `fps` (None: unbounded).
+        fps: resampling rate before chunking.
+        chunk: frames per feature.
+        grid: "linspace" (the original's chunk grid) or "uniform" (see `feature_frames`).
+        temporal: False zeroes every temporal gate (ablation: the backbone without temporal branch).
+        frames_per_forward: frames per forward call (speed/memory only).
+        batch_size: videos per predict step.
+        num_workers: DataLoader workers decoding videos ahead.
+        accelerator, devices, strategy, precision: Lightning Trainer settings (videos are sharded
+            over devices).
+        progress: show Lightning's progress bar.
+
+    Returns:
+        counts of files written, sessions skipped because their file existed, and the sessions
+        whose video could not be decoded (no file written; a re-run tries them again).
+    """
+    pairs = list_videos(videos)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [(session, path) for session, path in pairs if not (out / f"{session}.npy").exists()]
+    summary = ExtractionSummary(skipped_existing=len(pairs) - len(todo))
+    rank_zero_info(
+        f"OAD features: {len(pairs)} videos, {summary.skipped_existing} already in {out} (skipped), {len(todo)} to extract"
+    )
+    if not todo:
+        return summary
+    model = load_model(str(model_path))
+    module = FeatureExtractor(model, protocol, chunk, grid, window, sink_frames, frames_per_forward, temporal)
+    loader = DataLoader(
+        VideoFeatureDataset(todo, model.config.image_size, fps),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_videos,
+    )
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=precision,
+        callbacks=[FeatureWriter(out)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+    )
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    trainer.strategy.barrier()
+    # The files are the truth on every rank (each rank's writer saw only its shard).
+    summary.failed = [session for session, _ in todo if not (out / f"{session}.npy").exists()]
+    summary.written = len(todo) - len(summary.failed)
+    rank_zero_info(
+        f"OAD features: wrote {summary.written}, skipped {summary.skipped_existing} existing, "
+        f"failed {len(summary.failed)}" + (f" ({', '.join(summary.failed)})" if summary.failed else "")
+    )
+    return summary
