@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constra
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo stream-demo ablation-temporal ablation-tasks test lint bench clean
+.PHONY: setup demo stream-demo oad-demo ablation-temporal ablation-tasks test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,14 @@ ablation-temporal: setup
 ablation-tasks: setup
 	test -f runs/world/world.json || $(BIN)/streamformer synthetic runs/world
 	$(BIN)/python -m streamformer_pretrain.ablation tasks --output docs/pretrain/ablation-tasks.md
+
+# Online action detection on the synthetic world (after `make demo`, which it runs if needed):
+# OAD features of every video from the pretrained tiny backbone (our stream protocol, the
+# original 6-frame chunks, and the stream with the temporal branch off), MAT trained on each,
+# per-frame mAP against chance, and a plot of one held-out video's scores (docs/oad/).
+oad-demo: setup
+	test -f $(TINY)/backbone/config.json || $(MAKE) demo
+	$(BIN)/streamformer-oad demo --backbone $(TINY)/backbone --world runs/world --docs docs/oad
 
 # Streaming only: a random tiny StreamFormer on one synthetic clip (seconds).
 stream-demo: setup

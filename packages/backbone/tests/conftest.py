@@ -9,23 +9,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import SiglipConfig, SiglipModel
 
-from streamformer import StreamFormerConfig, StreamFormerVisionModel
-
-TINY = dict(
-    image_size=32,
-    patch_size=8,
-    num_frames=8,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    lora_rank=4,
-    lora_alpha=4.0,
-)
-
-
-def tiny_config(**overrides) -> StreamFormerConfig:
-    return StreamFormerConfig(**{**TINY, **overrides})
+from streamformer import StreamFormerVisionModel
+from streamformer.testing import tiny_config
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

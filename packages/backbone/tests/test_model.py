@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
+from conftest import tiny_model
 
 from streamformer import StreamFormerModel, StreamFormerVisionModel
+from streamformer.testing import tiny_config
 
 
 def test_output_granularities(video_tensor):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from streamformer import StreamFormerConfig, StreamFormerVisionModel
+from streamformer import StreamFormerVisionModel
+from streamformer.testing import tiny_config
 from streamformer.video import open_video, preprocess, read_frames, resample_indices, write_video
 from streamformer_oad.features import (
     FeatureExtractor,
@@ -22,22 +23,10 @@ from streamformer_oad.features import (
     video_features,
 )
 
-TINY = dict(
-    image_size=32,
-    patch_size=8,
-    num_frames=8,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    lora_rank=4,
-    lora_alpha=4.0,
-)
-
 
 def tiny_model(seed: int = 0) -> StreamFormerVisionModel:
     """A tiny StreamFormer with random values everywhere (gates open) so every path carries signal."""
-    model = StreamFormerVisionModel(StreamFormerConfig(**TINY))
+    model = StreamFormerVisionModel(tiny_config())
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

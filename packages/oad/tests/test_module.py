@@ -1,8 +1,6 @@
 """The training job end to end on tiny files: MAT learns held-out per-frame detection well above
 chance, the online evaluation equals the step-by-step runner, checkpoints hold the EMA weights."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -13,37 +11,7 @@ from streamformer_oad.metrics import perframe_average_precision
 from streamformer_oad.module import OnlineActionDetection
 from streamformer_oad.online import score_video
 
-CLASSES = ["Background", "a", "b", "c", "Ambiguous"]
-FRAMES, DIM = 24, 16
-
-
-def write_data(root, num_train=24, num_test=8, seed=0):
-    """Sessions of 24 frames with two action runs each; an action shows in the features only as a
-    direction of change (feature[t] - feature[t-1]), so one frame alone cannot tell it."""
-    rng = np.random.default_rng(seed)
-    directions = rng.normal(size=(len(CLASSES), DIM)).astype(np.float32)
-    sessions = {"train": [f"train{i}" for i in range(num_train)], "test": [f"test{i}" for i in range(num_test)]}
-    for name in ("features", "target_perframe"):
-        (root / name).mkdir(parents=True)
-    for session in sessions["train"] + sessions["test"]:
-        labels = np.zeros(FRAMES, dtype=int)
-        for start in (2, 13):
-            labels[start : start + rng.integers(5, 9)] = rng.integers(1, 4)
-        steps = directions[labels] * 0.5 + rng.normal(scale=0.1, size=(FRAMES, DIM))
-        features = np.cumsum(steps, axis=0).astype(np.float32) + rng.normal(size=DIM).astype(np.float32)
-        target = np.eye(len(CLASSES), dtype=np.float32)[labels]
-        np.save(root / "features" / f"{session}.npy", features)
-        np.save(root / "target_perframe" / f"{session}.npy", target)
-    info = {
-        "class_names": CLASSES,
-        "num_classes": len(CLASSES),
-        "ignore_index": len(CLASSES) - 1,
-        "metrics": "AP",
-        "fps": 4,
-        "train_session_set": sessions["train"],
-        "test_session_set": sessions["test"],
-    }
-    (root / "data_info.json").write_text(json.dumps({"Toy": info}))
+NUM_CLASSES = 5  # the toy data set of conftest.py: background, 3 actions, ambiguous
 
 
 def arguments(root, epochs=25):
@@ -66,7 +34,7 @@ def arguments(root, epochs=25):
         "--model.config.groups=2",
         "--model.config.enc_queries=4",
         "--model.config.gen_queries=4",
-        f"--model.config.num_classes={len(CLASSES)}",
+        f"--model.config.num_classes={NUM_CLASSES}",
         "--model.lr=3e-3",
         "--model.warmup_epochs=1",
         "--seed_everything=0",
@@ -83,9 +51,8 @@ def arguments(root, epochs=25):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("oad")
-    write_data(root)
+def trained(toy_data):
+    root = toy_data
     run = cli(arguments(root), run=False)
     run.trainer.fit(run.model, run.datamodule)
     return root, run
@@ -107,7 +74,7 @@ def test_online_evaluation_equals_the_runner(trained):
     for session in data.eval_set.sessions:
         scores.append(score_video(run.model.model.eval(), torch.from_numpy(session.visual), long_memory_rate=1))
         targets.append(torch.from_numpy(session.target))
-    expected = perframe_average_precision(torch.cat(targets), torch.cat(scores), CLASSES, len(CLASSES) - 1)
+    expected = perframe_average_precision(torch.cat(targets), torch.cat(scores), data.info.class_names, data.info.ignore_index)
     assert result["test/mAP"] == pytest.approx(expected["mean_AP"], abs=1e-6)
 
 
