@@ -1,5 +1,6 @@
 """The readers of the original formats, on a synthetic world whose ground truth is known."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -67,3 +68,14 @@ def test_sampling_is_a_function_of_the_seed(world):
     ar = synthetic_task_datasets(world.root, "train", OPTIONS, ("ar",))["ar"]
     assert torch.equal(ar.get(3, seed=7)["video"], ar.get(3, seed=7)["video"])
     assert not torch.equal(ar.get(3, seed=7)["video"], ar.get(3, seed=8)["video"])
+
+
+def test_cached_videos_give_the_same_samples(world):
+    tasks = ("ar", "grounding", "rvos")
+    plain = synthetic_task_datasets(world.root, "train", OPTIONS, tasks)
+    cached = synthetic_task_datasets(world.root, "train", dataclasses.replace(OPTIONS, cache_videos=True), tasks)
+    for task in tasks:
+        for index in range(3):
+            expected, item = plain[task].get(index, seed=index), cached[task].get(index, seed=index)
+            assert torch.equal(expected["video"], item["video"])
+            assert all(torch.equal(expected[k], item[k]) for k in ("frame_labels", "mask") if k in item)

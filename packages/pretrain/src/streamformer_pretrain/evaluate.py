@@ -49,7 +49,7 @@ def evaluate(
     """{metric: {"value", "chance"}} on the val split of the world at `root`."""
     module.eval()
     tasks = tuple(module.task_logits.keys())
-    datasets = synthetic_task_datasets(root, "val", ClipOptions(num_frames, image_size, train=False), tasks)
+    datasets = synthetic_task_datasets(root, "val", ClipOptions(num_frames, image_size, train=False, cache_videos=True), tasks)
     random = torch.Generator().manual_seed(0)
     results: dict[str, dict[str, float]] = {}
     vision = module.model.timesformer
