@@ -196,15 +196,17 @@ def test_extract_resumes_and_skips_broken_videos(tmp_path, model_dir, model, cap
         noise_video(videos / f"v{i}.mp4", num_frames=24 + 8 * i, seed=i)
     (videos / "broken.mp4").write_bytes(np.random.default_rng(1).integers(0, 256, 2048, dtype=np.uint8).tobytes())
     out = tmp_path / "features"
-    out.mkdir()
+    extract_features(model_dir, [(f"v{i}", videos / f"v{i}.mp4") for i in (0, 2)], out, accelerator="cpu", progress=False)
+    (out / "v0.npy").unlink()
+    (out / "v2.npy").unlink()
     sentinel = np.full((2, 2), 7.0, dtype=np.float32)
-    np.save(out / "v1.npy", sentinel)
+    np.save(out / "v1.npy", sentinel)  # stands for a finished file of a killed run
     os.utime(out / "v1.npy", (1_000_000, 1_000_000))
 
     summary = extract_features(model_dir, videos, out, protocol="stream", accelerator="cpu", devices=1, progress=False)
     assert (summary.written, summary.skipped_existing, summary.failed) == (2, 1, ["broken"])
     assert any("broken" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)  # logged by name
-    assert sorted(os.listdir(out)) == ["v0.npy", "v1.npy", "v2.npy"]  # no temporary files left
+    assert sorted(os.listdir(out)) == ["extraction.json", "v0.npy", "v1.npy", "v2.npy"]  # no temporary files left
     assert os.stat(out / "v1.npy").st_mtime == 1_000_000 and (np.load(out / "v1.npy") == sentinel).all()
 
     for i, seconds in ((0, 3), (2, 5)):
@@ -217,6 +219,19 @@ def test_extract_resumes_and_skips_broken_videos(tmp_path, model_dir, model, cap
 
     again = extract_features(model_dir, videos, out, accelerator="cpu", devices=1, progress=False)
     assert (again.written, again.skipped_existing, again.failed) == (0, 3, ["broken"])
+
+    # The folder belongs to this backbone and protocol: other settings are refused, not mixed in.
+    with pytest.raises(ValueError, match="protocol differ"):
+        extract_features(model_dir, videos, out, protocol="chunks", accelerator="cpu", devices=1, progress=False)
+    other = tmp_path / "other-backbone"
+    tiny_model(seed=1).save_pretrained(other)
+    with pytest.raises(ValueError, match="backbone differ"):
+        extract_features(other, videos, out, accelerator="cpu", devices=1, progress=False)
+    replaced = extract_features(other, videos, out, accelerator="cpu", progress=False, replace_stale=True)
+    assert (replaced.written, replaced.skipped_existing) == (3, 0)  # the sentinel is gone, recomputed
+    (out / "extraction.json").unlink()
+    with pytest.raises(ValueError, match="backbone is unknown"):
+        extract_features(model_dir, videos, out, accelerator="cpu", devices=1, progress=False)
 
 
 def test_save_npy_atomic_never_leaves_a_partial_file(tmp_path, monkeypatch):
@@ -272,6 +287,6 @@ def test_extract_shards_over_two_processes(tmp_path, model_dir):
         model_dir, videos, tmp_path / "two", accelerator="cpu", devices=2, strategy="ddp_spawn", progress=False
     )
     assert (summary.written, summary.failed) == (single.written, single.failed) == (3, ["broken"])
-    assert sorted(os.listdir(tmp_path / "two")) == ["v0.npy", "v1.npy", "v2.npy"]
-    for name in os.listdir(tmp_path / "one"):
+    assert sorted(os.listdir(tmp_path / "two")) == ["extraction.json", "v0.npy", "v1.npy", "v2.npy"]
+    for name in ("v0.npy", "v1.npy", "v2.npy"):
         np.testing.assert_allclose(np.load(tmp_path / "two" / name), np.load(tmp_path / "one" / name), atol=1e-6, rtol=0)

@@ -103,7 +103,7 @@ def run_demo(
     results: dict[str, dict[str, float]] = {}
     checkpoints = {}
     for name, settings in FEATURE_SETS.items():
-        summary = extract_features(backbone, Path(world) / "videos", Path(world) / "oad" / name, **settings)
+        summary = extract_features(backbone, Path(world) / "videos", Path(world) / "oad" / name, replace_stale=True, **settings)
         if summary.failed:
             raise RuntimeError(f"{len(summary.failed)} videos could not be read: {summary.failed[:5]}")
     for name in FEATURE_SETS:

@@ -28,12 +28,16 @@ to up to one chunk later (the last two features end within a frame of each other
 
 `extract_features` runs it with `Trainer.predict` (shards over devices with Lightning's
 unrepeated distributed sampler) and writes `<out_dir>/<session>.npy` (float32 [L, D]) atomically.
-Sessions whose file exists are skipped (resumable); a video that cannot be decoded is logged by
-name, skipped and counted, never replaced by another.
+Sessions whose file exists are skipped (resumable); the folder's `extraction.json` records the
+backbone's fingerprint and the protocol, and a run with other settings is refused instead of
+mixing features. A video that cannot be decoded is logged by name, skipped and counted, never
+replaced by another.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -326,6 +330,48 @@ def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
         raise
 
 
+MANIFEST = "extraction.json"
+
+
+def backbone_fingerprint(model_path: str | os.PathLike) -> str:
+    """sha256 over the backbone's config and weight files (names and contents): a directory's, or one file."""
+    digest = hashlib.sha256()
+    path = Path(model_path)
+    for file in sorted(path.iterdir()) if path.is_dir() else [path]:
+        if file.is_file() and file.suffix in (".json", ".safetensors", ".bin", ".pt", ".pth"):
+            digest.update(file.name.encode())
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def claim_output_dir(out_dir: Path, settings: dict[str, Any], replace_stale: bool = False) -> None:
+    """Resuming into `out_dir` is only safe with the same backbone and protocol: the first run
+    records its settings in `extraction.json`, and a later run with other settings is refused
+    (rather than silently mixing, or keeping, features of another backbone), or with
+    `replace_stale` the old features are deleted first."""
+    manifest = out_dir / MANIFEST
+    problem = None
+    if manifest.exists():
+        previous = json.loads(manifest.read_text())
+        changed = sorted(k for k in previous.keys() | settings.keys() if previous.get(k) != settings.get(k))
+        if not changed:
+            return
+        problem = f"{out_dir} holds features extracted with other settings ({', '.join(changed)} differ; see {manifest})"
+    elif any(out_dir.glob("*.npy")):
+        problem = f"{out_dir} holds features but no {MANIFEST}: their backbone is unknown"
+    if problem and not replace_stale:
+        raise ValueError(f"{problem}: extract into a new folder, delete this one, or pass replace_stale")
+    if problem:
+        rank_zero_info(f"{problem}: deleting them (replace_stale)")
+        for stale in out_dir.glob("*.npy"):
+            stale.unlink()
+    partial = manifest.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(partial, manifest)
+
+
 class FeatureWriter(BasePredictionWriter):
     """Writes each video's features to `<out_dir>/<session>.npy` as its batch ends; logs and counts
     the videos that could not be decoded (this rank's `written` and `failed`)."""
@@ -378,13 +424,17 @@ def extract_features(
     strategy: str = "auto",
     precision: str | int = "32-true",
     progress: bool = True,
+    replace_stale: bool = False,
 ) -> ExtractionSummary:
     """Write `<out_dir>/<session>.npy` (float32 [L, D], 4 features per second by default) for every video.
 
     Args:
         model_path: StreamFormer checkpoint directory (ours, or an original checkpoint directory).
         videos: a directory of video files, a list of paths, or a list of (session, path).
-        out_dir: output folder; sessions whose file exists there are skipped (resume).
+        out_dir: output folder; sessions whose file exists there are skipped (resume); it must not
+            hold features of other settings (`extraction.json`).
+        replace_stale: delete the folder's features when they came from other settings, instead of
+            refusing.
         protocol: "stream" (ours: one causal pass through the KV cache) or "chunks" (the original).
         window, sink_frames: temporal window of the stream, in frames at `fps` (None: unbounded).
         fps: resampling rate before chunking.
@@ -405,6 +455,11 @@ def extract_features(
     pairs = list_videos(videos)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    settings = dict(
+        backbone=backbone_fingerprint(model_path), protocol=protocol, window=window, sink_frames=sink_frames,
+        fps=fps, chunk=chunk, grid=grid, temporal=temporal, precision=str(precision),
+    )  # fmt: skip
+    claim_output_dir(out, settings, replace_stale)
     todo = [(session, path) for session, path in pairs if not (out / f"{session}.npy").exists()]
     summary = ExtractionSummary(skipped_existing=len(pairs) - len(todo))
     rank_zero_info(
