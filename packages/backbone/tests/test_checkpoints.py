@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import original_layout_checkpoint, tiny_model, tiny_siglip
+from backbone_helpers import original_layout_checkpoint, tiny_model, tiny_siglip
 from transformers import AutoModel
 
 from streamformer import StreamFormerModel, StreamFormerVisionModel

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import original_layout_checkpoint, tiny_model, tiny_siglip
+from backbone_helpers import original_layout_checkpoint, tiny_model, tiny_siglip
 from safetensors import safe_open
 from test_video import counter_video
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_model
+from backbone_helpers import tiny_model
 
 from streamformer import TemporalKVCache, temporal_attention_mask
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from streamformer import StreamFormerVisionModel
-from streamformer.testing import tiny_config
+from streamformer.testing import randomize_, tiny_config
 from streamformer.video import open_video, preprocess, read_frames, resample_indices, write_video
 from streamformer_oad.features import (
     FeatureExtractor,
@@ -25,18 +25,7 @@ from streamformer_oad.features import (
 
 
 def tiny_model(seed: int = 0) -> StreamFormerVisionModel:
-    """A tiny StreamFormer with random values everywhere (gates open) so every path carries signal."""
-    model = StreamFormerVisionModel(tiny_config())
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layernorm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            elif name.endswith("temporal_attention_gating"):
-                p.fill_(0.7)
-            else:
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-    return model.eval()
+    return randomize_(StreamFormerVisionModel(tiny_config()), seed).eval()
 
 
 @pytest.fixture(scope="module")

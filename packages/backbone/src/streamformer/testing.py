@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from .config import StreamFormerConfig
 
 TINY_CONFIG = dict(
@@ -20,3 +22,18 @@ TINY_CONFIG = dict(
 def tiny_config(**overrides) -> StreamFormerConfig:
     """`TINY_CONFIG` with `overrides`: 32 px frames, a 4x4 patch grid, 2 layers of width 32."""
     return StreamFormerConfig(**{**TINY_CONFIG, **overrides})
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random values everywhere, in place, gates (0.7) and LoRA B included, so every path of a
+    test model carries signal (a fresh model has closed gates and LoRA B = 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layernorm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith("temporal_attention_gating"):
+                p.fill_(0.7)
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    return model
