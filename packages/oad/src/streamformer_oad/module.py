@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -40,7 +41,10 @@ class OADDataModule(L.LightningDataModule):
             memory and target lengths in feature frames (reference A.4); the CLI links the ones
             the model shares from `model.config`.
         evaluation: "windows" (the paper's train-time test) or "online" (per frame, past only).
-        train_sessions, test_sessions: the session sets of data_info.json used for fit / eval.
+        batch_size, num_workers: DataLoader settings.
+        seed: the train windows' random offsets (a new offset every epoch: seed + epoch).
+    Training uses data_info's train sessions, evaluation its test sessions; set
+    `trainer.reload_dataloaders_every_n_epochs: 1` so the offsets change every epoch.
     """
 
     def __init__(
@@ -176,6 +180,11 @@ class OnlineActionDetection(L.LightningModule):
         info = self.info
         scores, targets = torch.cat(self._eval_scores), torch.cat(self._eval_targets)
         self._eval_scores, self._eval_targets = [], []
+        if self.trainer.world_size > 1:
+            rank_zero_warn(
+                "per-frame mAP is computed on each rank's frames and averaged over ranks, which is not the "
+                "mAP over all frames: evaluate on one device for the exact metric"
+            )
         result = perframe_average_precision(targets, scores, info.class_names, info.ignore_index, metric=info.metrics)
         self.log(f"{stage}/mAP", result["mean_AP"], prog_bar=True, sync_dist=True)
         self.log(f"{stage}/chance", chance_average_precision(targets, info), sync_dist=True)
