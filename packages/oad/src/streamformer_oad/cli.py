@@ -3,7 +3,7 @@
 streamformer-oad extract BACKBONE VIDEOS OUTPUT_DIR [--protocol stream|chunks] [--window N] [--temporal false]
 streamformer-oad fit --config configs/oad/synthetic-mat.yaml
 streamformer-oad test --config configs/oad/synthetic-mat.yaml --ckpt_path CKPT [--data.evaluation online]
-streamformer-oad plot CKPT SESSION --config configs/oad/synthetic-mat.yaml --output scores.png
+streamformer-oad plot CKPT [--session video_id] --output scores.png
 streamformer-oad demo          # the synthetic comparison behind `make oad-demo`
 """
 
