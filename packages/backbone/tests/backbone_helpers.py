@@ -11,13 +11,6 @@ import torch
 from safetensors.torch import save_file
 from transformers import SiglipConfig, SiglipModel
 
-from streamformer import StreamFormerVisionModel
-from streamformer.testing import randomize_, tiny_config
-
-
-def tiny_model(seed: int = 0, **overrides) -> StreamFormerVisionModel:
-    return randomize_(StreamFormerVisionModel(tiny_config(**overrides)), seed).eval()
-
 
 def tiny_siglip(hidden_act: str = "gelu", seed: int = 0) -> SiglipModel:
     torch.manual_seed(seed)

@@ -5,11 +5,12 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
-from backbone_helpers import original_layout_checkpoint, tiny_model, tiny_siglip
+from backbone_helpers import original_layout_checkpoint, tiny_siglip
 from transformers import AutoModel
 
 from streamformer import StreamFormerModel, StreamFormerVisionModel
 from streamformer.checkpoints import detect_format, from_siglip, load_original
+from streamformer.testing import tiny_model
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_pytorch_tanh"])

@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
-from backbone_helpers import original_layout_checkpoint, tiny_model, tiny_siglip
+from backbone_helpers import original_layout_checkpoint, tiny_siglip
 from safetensors import safe_open
 from test_video import counter_video
 
 from streamformer import StreamFormerModel, StreamFormerVisionModel
 from streamformer.cli import main
+from streamformer.testing import tiny_model
 
 
 @pytest.fixture

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-from backbone_helpers import tiny_model
 
 from streamformer import StreamFormerModel, StreamFormerVisionModel
-from streamformer.testing import tiny_config
+from streamformer.testing import tiny_config, tiny_model
 
 
 def test_output_granularities(video_tensor):

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from backbone_helpers import tiny_model
 
 from streamformer import TemporalKVCache, temporal_attention_mask
+from streamformer.testing import tiny_model
 
 
 def stream(model, video, chunks, **window):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from streamformer import StreamFormerVisionModel
-from streamformer.testing import randomize_, tiny_config
+from streamformer.testing import tiny_model
 from streamformer.video import open_video, preprocess, read_frames, resample_indices, write_video
 from streamformer_oad.features import (
     FeatureExtractor,
@@ -22,10 +22,6 @@ from streamformer_oad.features import (
     save_npy_atomic,
     video_features,
 )
-
-
-def tiny_model(seed: int = 0) -> StreamFormerVisionModel:
-    return randomize_(StreamFormerVisionModel(tiny_config()), seed).eval()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .config import StreamFormerConfig
+from .model import StreamFormerVisionModel
 
 TINY_CONFIG = dict(
     image_size=32,
@@ -37,3 +38,8 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             else:
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
     return model
+
+
+def tiny_model(seed: int = 0, **overrides) -> StreamFormerVisionModel:
+    """A randomized tiny vision model (`tiny_config(**overrides)`, `randomize_`), in eval mode."""
+    return randomize_(StreamFormerVisionModel(tiny_config(**overrides)), seed).eval()
