@@ -6,10 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from streamformer_pretrain.heads import (
+    PixelDecoder,
     TaskLogits,
     classification_loss,
     grounding_loss,
     localization_loss,
+    mask_scores,
     retrieval_loss,
     rvos_loss,
     vis_loss,
@@ -69,9 +71,8 @@ def test_localization_background_is_negative_for_all_classes():
 
 
 def _dense_case():
-    # B=1, T=1, N=4 patches (2x2 grid), D=2; mask 2x2 so upsampling is the identity
-    dense = torch.tensor([[[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]]]])
-    return dense
+    # B=1, T=1, a 2x2 grid, D=2; mask 2x2 so no upsampling
+    return torch.tensor([[[[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [-1.0, 0.0]]]]])
 
 
 def test_vis_softmax_ignores_background_and_sigmoid_does_not():
@@ -101,3 +102,32 @@ def test_rvos_own_expression():
     scores = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]])
     expected = F.cross_entropy(scores[[1, 3]], torch.tensor([1, 1]))
     torch.testing.assert_close(ce, expected)
+
+
+def test_mask_scores_are_the_task_logits_of_each_position():
+    g = torch.Generator().manual_seed(0)
+    grid, texts = torch.randn(2, 3, 4, 4, 5, generator=g), torch.randn(6, 5, generator=g)
+    logits = TaskLogits(scale=1.5, bias=-0.5)
+    expected = logits(grid, texts, "bthwd,kd->btkhw")
+    torch.testing.assert_close(mask_scores(logits, grid, texts, 4), expected)
+    per_sample = torch.randn(2, 1, 5, generator=g)
+    torch.testing.assert_close(mask_scores(logits, grid, per_sample, 4), logits(grid, per_sample, "bthwd,bkd->btkhw"))
+    up = mask_scores(logits, grid, texts, 8)
+    assert up.shape == (2, 3, 6, 8, 8)
+    torch.testing.assert_close(up, F.interpolate(expected.flatten(0, 1), size=(8, 8), mode="bilinear").unflatten(0, (2, 3)))
+
+
+def test_pixel_decoder_starts_as_the_upsampled_patch_grid_and_learns_edges():
+    g = torch.Generator().manual_seed(0)
+    decoder = PixelDecoder(dim=8)
+    patches, video = torch.randn(1, 2, 4, 4, 8, generator=g), torch.randn(1, 2, 3, 32, 32, generator=g)
+    out = decoder(patches, video)
+    assert out.shape == (1, 2, 16, 16, 8)
+    coarse = F.interpolate(patches.flatten(0, 1).permute(0, 3, 1, 2), size=(16, 16), mode="bilinear")
+    torch.testing.assert_close(out, coarse.permute(0, 2, 3, 1).unflatten(0, (1, 2)))
+    # The stem sees the frame: once its last layer is trained, the output depends on the pixels.
+    out.sum().backward()
+    assert decoder.stem[-1].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        decoder.stem[-1].weight.normal_(generator=g)
+    assert not torch.allclose(decoder(patches, video), decoder(patches, video.flip(-1)))

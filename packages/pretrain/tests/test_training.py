@@ -43,6 +43,7 @@ def make(world, tmp_path, *callbacks, **model_args):
 def test_fit_trains_every_task_and_exports(world, tmp_path):
     from streamformer import StreamFormerVisionModel
     from streamformer_pretrain.cli import export
+    from streamformer_pretrain.evaluate import evaluate
 
     recorder = Recorder()
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
@@ -54,19 +55,23 @@ def test_fit_trains_every_task_and_exports(world, tmp_path):
     export(str(tmp_path / "ckpt" / "last.ckpt"), str(tmp_path / "backbone"))
     backbone = StreamFormerVisionModel.from_pretrained(tmp_path / "backbone")
     torch.testing.assert_close(backbone.state_dict(), module.model.timesformer.state_dict())
+    results = evaluate(module, world.root, num_frames=4, image_size=32)
+    assert list(results) == ["AR top-1", "grounding mIoU", "RVOS mIoU"]
+    assert all(0 <= r["value"] <= 1 and 0 < r["chance"] < 1 for r in results.values())
 
 
 def test_killed_run_resumes_at_the_saved_step_with_the_same_data_and_optimizer(world, tmp_path):
+    """With the pixel decoder, whose weights and optimizer state must come back too."""
     L.seed_everything(0)
     full = Recorder()
-    data, module, trainer = make(world, tmp_path / "full", full)
+    data, module, trainer = make(world, tmp_path / "full", full, pixel_decoder=True)
     trainer.fit(module, data)
     assert len(full.steps) > 12
 
     L.seed_everything(0)
     first = Recorder(kill_at=7)
     save = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
-    data, killed, trainer = make(world, tmp_path / "killed", first, save)
+    data, killed, trainer = make(world, tmp_path / "killed", first, save, pixel_decoder=True)
     with pytest.raises(Killed):
         trainer.fit(killed, data)
     checkpoint = tmp_path / "ckpt" / "epoch=0-step=5.ckpt"
@@ -75,7 +80,7 @@ def test_killed_run_resumes_at_the_saved_step_with_the_same_data_and_optimizer(w
 
     L.seed_everything(123)  # the resumed run must not depend on the global RNG
     second = Recorder()
-    data, resumed, trainer = make(world, tmp_path / "resumed", second)
+    data, resumed, trainer = make(world, tmp_path / "resumed", second, pixel_decoder=True)
     trainer.fit(resumed, data, ckpt_path=checkpoint)
     assert second.steps == full.steps[5:]  # same step numbers, tasks and pixels from the saved step on
     for key, value in module.state_dict().items():

@@ -20,7 +20,7 @@ from torchmetrics.functional.classification import binary_average_precision
 from tqdm import tqdm
 
 from .data import ClipOptions, collate, synthetic_task_datasets
-from .heads import upsample_patch_scores
+from .heads import mask_scores
 from .module import StreamFormerPretraining
 
 
@@ -105,8 +105,8 @@ def evaluate(
         classes, logits = module.class_embeddings("vis"), module.task_logits["vis"]
         counts = torch.zeros(2, 2, classes.shape[0])  # [model | random guess, intersection | union, class]
         for batch in _batches(datasets["vis"], batch_size):
-            dense = module.dense(vision(batch["video"]).last_hidden_state)
-            scores = upsample_patch_scores(logits(dense, classes, "btnd,cd->btnc"), batch["mask"].shape[-1])[:, :, 1:]
+            grid = module.mask_embeddings(vision(batch["video"]).last_hidden_state, batch["video"])
+            scores = mask_scores(logits, grid, classes, batch["mask"].shape[-1])[:, :, 1:]
             best, index = scores.max(dim=2)
             pred = torch.where(best > 0, index + 1, torch.zeros_like(index))  # no positive score: background
             guess = torch.randint(0, classes.shape[0], pred.shape, generator=random)
@@ -122,9 +122,9 @@ def evaluate(
     if "rvos" in datasets:
         logits, ious, chance = module.task_logits["rvos"], [], []
         for batch in _batches(datasets["rvos"], batch_size):
-            dense = module.dense(vision(batch["video"]).last_hidden_state)
-            own = module.embed_texts(batch["caption"])
-            scores = upsample_patch_scores(logits(dense, own, "btnd,bd->btn")[..., None], batch["mask"].shape[-1])[:, :, 0]
+            grid = module.mask_embeddings(vision(batch["video"]).last_hidden_state, batch["video"])
+            own = module.embed_texts(batch["caption"])[:, None]
+            scores = mask_scores(logits, grid, own, batch["mask"].shape[-1])[:, :, 0]
             for pred, truth in zip(scores > 0, batch["mask"].bool(), strict=True):
                 ious.append(_mask_iou(pred, truth))
                 chance.append(_mask_iou(torch.rand(truth.shape, generator=random) < 0.5, truth))

@@ -41,7 +41,9 @@ class TaskLogits(nn.Module):
 
     def forward(self, a: Tensor, b: Tensor, equation: str) -> Tensor:
         """Logits of normalised `a` and `b` combined by the einsum `equation`."""
-        cos = torch.einsum(equation, F.normalize(a, dim=-1), F.normalize(b, dim=-1))
+        return self.of_cosine(torch.einsum(equation, F.normalize(a, dim=-1), F.normalize(b, dim=-1)))
+
+    def of_cosine(self, cos: Tensor) -> Tensor:
         return cos * self.logit_scale.exp() + self.logit_bias
 
 
@@ -129,23 +131,71 @@ def balanced_sigmoid_loss(scores: Tensor, positive: Tensor) -> Tensor:
     return ((mean_pos + mean_neg) / 2).mean()
 
 
-def upsample_patch_scores(scores: Tensor, size: int) -> Tensor:
-    """[B, T, N, K] patch scores -> [B, T, K, size, size] (bilinear, align_corners=False)."""
-    b, t, n, k = scores.shape
-    side = math.isqrt(n)
-    grid = scores.reshape(b * t, side, side, k).permute(0, 3, 1, 2)
-    return F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False).view(b, t, k, size, size)
+def patch_grid(tokens: Tensor) -> Tensor:
+    """[B, T, N, D] patch tokens of a square grid -> [B, T, side, side, D]."""
+    side = math.isqrt(tokens.shape[2])
+    return tokens.unflatten(2, (side, side))
 
 
-def vis_loss(logits: TaskLogits, dense: Tensor, classes: Tensor, mask: Tensor, mode: SegmentationLoss) -> Tensor:
-    """Semantic video segmentation: patch embeddings [B, T, N, D] vs class embeddings [C, D]
+class PixelDecoder(nn.Module):
+    """Mask embeddings at half the frame's resolution: the patch embeddings upsampled bilinearly,
+    plus a small convolutional network of the frame itself (ViT-Adapter's spatial prior, in small).
+
+    A patch grid (8 px in the tiny model) is coarser than the edges of small objects: with perfect
+    patch scores, upsampling them gives 0.43 mask IoU on the synthetic world's referring objects.
+    Dilated convolutions give the network a 29 px view, wider than the world's objects, so local
+    shape (corners, arcs) reaches every pixel. The last layer starts at zero: training starts from
+    the upsampled patch embeddings.
+    """
+
+    def __init__(self, dim: int, channels: int = 24) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, channels // 2, 3, padding=1),  # full resolution: corners are a few pixels
+            nn.GELU(),
+            nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=2, dilation=2),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=4, dilation=4),
+            nn.GELU(),
+            nn.Conv2d(channels, dim, 1),
+        )
+        nn.init.zeros_(self.stem[-1].weight)
+        nn.init.zeros_(self.stem[-1].bias)
+
+    def forward(self, patches: Tensor, video: Tensor) -> Tensor:
+        """Patch grid [B, T, h, w, D] and frames [B, T, 3, S, S] -> [B, T, S/2, S/2, D]."""
+        detail = self.stem(video.flatten(0, 1))  # [B*T, D, S/2, S/2]
+        coarse = F.interpolate(
+            patches.flatten(0, 1).permute(0, 3, 1, 2), size=detail.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return (coarse + detail).permute(0, 2, 3, 1).unflatten(0, patches.shape[:2])
+
+
+def mask_scores(logits: TaskLogits, grid: Tensor, texts: Tensor, size: int) -> Tensor:
+    """Logits of grid embeddings [B, T, h, w, D] against texts, upsampled to [B, T, K, size, size]
+    (bilinear, align_corners=False). Texts are [K, D] (shared) or [B, K, D] (per sample)."""
+    equation = "bthwd,kd->btkhw" if texts.ndim == 2 else "bthwd,bkd->btkhw"
+    # Dividing the K scores by the grid's norms is cheaper than normalising the D-dim grid.
+    norms = grid.norm(dim=-1).clamp(min=1e-12).unsqueeze(2)
+    scores = logits.of_cosine(torch.einsum(equation, grid, F.normalize(texts, dim=-1)) / norms)
+    if scores.shape[-1] == size:
+        return scores
+    return F.interpolate(scores.flatten(0, 1), size=(size, size), mode="bilinear", align_corners=False).unflatten(
+        0, scores.shape[:2]
+    )
+
+
+def vis_loss(logits: TaskLogits, grid: Tensor, classes: Tensor, mask: Tensor, mode: SegmentationLoss) -> Tensor:
+    """Semantic video segmentation: mask embeddings [B, T, h, w, D] vs class embeddings [C, D]
     (index 0 = background), target mask [B, T, S, S] of class ids.
 
     softmax (original): cross-entropy over the C classes at every pixel, background pixels ignored.
     sigmoid (paper): every pixel is a positive for its class and a negative for the others;
     background pixels are negatives for every real class (positives and negatives weighted equally).
     """
-    scores = upsample_patch_scores(logits(dense, classes, "btnd,cd->btnc"), mask.shape[-1])  # [B, T, C, S, S]
+    scores = mask_scores(logits, grid, classes, mask.shape[-1])  # [B, T, C, S, S]
     if mode == "softmax":
         target = torch.where(mask > 0, mask, torch.full_like(mask, -1))
         if not (target >= 0).any():
@@ -159,21 +209,21 @@ def vis_loss(logits: TaskLogits, dense: Tensor, classes: Tensor, mask: Tensor, m
     return balanced_sigmoid_loss(scores[:, :, 1:], positive)
 
 
-def rvos_loss(logits: TaskLogits, dense: Tensor, captions: Tensor, mask: Tensor, mode: SegmentationLoss, rank: int = 0) -> Tensor:
-    """Referring segmentation: patch embeddings [B, T, N, D] vs the global batch's expressions
+def rvos_loss(logits: TaskLogits, grid: Tensor, captions: Tensor, mask: Tensor, mode: SegmentationLoss, rank: int = 0) -> Tensor:
+    """Referring segmentation: mask embeddings [B, T, h, w, D] vs the global batch's expressions
     [W*B, D]; sample i's own expression is rank*B + i; mask [B, T, S, S] is its object.
 
     softmax (original): at foreground pixels, cross-entropy over all expressions (background ignored).
     sigmoid (paper): the own expression's score is positive on the object and negative elsewhere
     (positives and negatives weighted equally).
     """
-    b = dense.shape[0]
-    own = rank * b + torch.arange(b, device=dense.device)
+    b = grid.shape[0]
+    own = rank * b + torch.arange(b, device=grid.device)
     if mode == "softmax":
-        scores = upsample_patch_scores(logits(dense, captions, "btnd,kd->btnk"), mask.shape[-1])  # [B, T, K, S, S]
+        scores = mask_scores(logits, grid, captions, mask.shape[-1])  # [B, T, K, S, S]
         target = torch.where(mask.bool(), own[:, None, None, None].expand_as(mask), torch.full_like(mask, -1))
         if not (target >= 0).any():
             return scores.sum() * 0.0
         return F.cross_entropy(scores.flatten(0, 1), target.flatten(0, 1), ignore_index=-1)
-    scores = upsample_patch_scores(logits(dense, captions[own], "btnd,bd->btn")[..., None], mask.shape[-1])[:, :, 0]
+    scores = mask_scores(logits, grid, captions[own, None], mask.shape[-1])[:, :, 0]
     return balanced_sigmoid_loss(scores, mask.bool())

@@ -26,12 +26,14 @@ from .data import (
 )
 from .heads import (
     DenseProjection,
+    PixelDecoder,
     SegmentationLoss,
     TaskLogits,
     classification_loss,
     gather_across_ranks,
     grounding_loss,
     localization_loss,
+    patch_grid,
     retrieval_loss,
     rvos_loss,
     vis_loss,
@@ -131,6 +133,9 @@ class StreamFormerPretraining(L.LightningModule):
         config: `StreamFormerConfig` fields for a fresh model; `text_config.vocab_size` is set
             from the tokenizer.
         segmentation_loss: "sigmoid" (paper) or "softmax" (original code) for VIS and RVOS.
+        pixel_decoder: score VIS and RVOS masks at half the frame's resolution through
+            `heads.PixelDecoder` instead of on the patch grid (the original); for patch grids
+            coarse against the objects (see packages/pretrain/README.md).
         freeze_text_encoder: keep the text tower fixed (class embeddings are then cached).
         text_warmup_steps: for a fresh model, contrastive warm-up steps of the text tower on the
             data's texts before training (`text.warm_up_text_tower`); 0 for a SigLIP text tower.
@@ -143,6 +148,7 @@ class StreamFormerPretraining(L.LightningModule):
         pretrained: str | None = None,
         config: dict[str, Any] | None = None,
         segmentation_loss: SegmentationLoss = "sigmoid",
+        pixel_decoder: bool = False,
         freeze_text_encoder: bool = True,
         text_warmup_steps: int = 0,
         temporal: TemporalMode = "causal",
@@ -157,6 +163,7 @@ class StreamFormerPretraining(L.LightningModule):
         self.model: StreamFormerModel | None = None
         self.task_logits = nn.ModuleDict()
         self.dense: DenseProjection | None = None
+        self.pixel_decoder: PixelDecoder | None = None
         self.class_texts: dict[str, list[list[str]]] = {}
 
     # -- model ----------------------------------------------------------------------------------
@@ -186,6 +193,8 @@ class StreamFormerPretraining(L.LightningModule):
             self.task_logits[task] = TaskLogits(model.logit_scale.item(), model.logit_bias.item())
         if {"vis", "rvos"} & set(datamodule.tasks):
             self.dense = DenseProjection(model.timesformer.head)
+            if self.hparams.pixel_decoder:
+                self.pixel_decoder = PixelDecoder(model.config.hidden_size)
         self.class_texts = {
             task: [[t.format(name) for t in templates] for name in datamodule.class_names(task)]
             for task, templates in (("ar", CLASS_TEMPLATES), ("localization", CLASS_TEMPLATES), ("vis", SEGMENTATION_TEMPLATES))
@@ -237,6 +246,12 @@ class StreamFormerPretraining(L.LightningModule):
             setattr(self, cache_name, embeddings.detach())
         return embeddings
 
+    def mask_embeddings(self, last_hidden_state: Tensor, video: Tensor) -> Tensor:
+        """[B, T, h, w, D] embeddings the mask tasks score against text: the patch grid, or half
+        the frame's resolution with the pixel decoder."""
+        grid = patch_grid(self.dense(last_hidden_state))
+        return grid if self.pixel_decoder is None else self.pixel_decoder(grid, video)
+
     # -- steps ----------------------------------------------------------------------------------
 
     def task_loss(self, batch: dict[str, Any]) -> Tensor:
@@ -252,11 +267,11 @@ class StreamFormerPretraining(L.LightningModule):
             return grounding_loss(logits, out.pooler_output, self.embed_texts(batch["caption"]), batch["frame_labels"])
         if task == "localization":
             return localization_loss(logits, out.pooler_output, self.class_embeddings("localization"), batch["frame_labels"])
-        dense = self.dense(out.last_hidden_state)
+        grid = self.mask_embeddings(out.last_hidden_state, batch["video"])
         if task == "vis":
-            return vis_loss(logits, dense, self.class_embeddings("vis"), batch["mask"], self.hparams.segmentation_loss)
+            return vis_loss(logits, grid, self.class_embeddings("vis"), batch["mask"], self.hparams.segmentation_loss)
         captions = gather_across_ranks(self.embed_texts(batch["caption"]), with_grad=False)
-        return rvos_loss(logits, dense, captions, batch["mask"], self.hparams.segmentation_loss, rank)
+        return rvos_loss(logits, grid, captions, batch["mask"], self.hparams.segmentation_loss, rank)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         if batch["skipped"]:

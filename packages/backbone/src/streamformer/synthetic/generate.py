@@ -31,7 +31,7 @@ class WorldSummary:
 def generate_world(
     root: str | Path,
     num_train: int = 200,
-    num_val: int = 60,
+    num_val: int = 200,
     seed: int = 0,
     config: WorldConfig | None = None,
     progress: bool = True,
