@@ -86,7 +86,10 @@ def test_vis_softmax_ignores_background_and_sigmoid_does_not():
     real = cos[:, 1:]  # classes 1 and 2
     positive = torch.tensor([[1, 0], [0, 0], [1, 0], [0, 1]], dtype=torch.bool)
     per_pixel = -F.logsigmoid((positive.float() * 2 - 1) * real)
-    expected = (per_pixel[positive].mean() + per_pixel[~positive].mean()) / 2  # balanced
+    on_object = torch.tensor([[1, 1], [0, 0], [1, 1], [1, 1]], dtype=torch.bool)
+    # balanced: positives, other classes on object pixels, background pixels, a third each
+    groups = (positive, ~positive & on_object, ~on_object)
+    expected = sum(per_pixel[g].mean() for g in groups) / 3
     torch.testing.assert_close(sig, expected)
 
 

@@ -118,17 +118,20 @@ def localization_loss(logits: TaskLogits, frames: Tensor, classes: Tensor, frame
     return per_sample.mean()
 
 
-def balanced_sigmoid_loss(scores: Tensor, positive: Tensor) -> Tensor:
-    """Per-pixel sigmoid loss with positive and negative pixels weighted equally per sample.
+def balanced_sigmoid_loss(scores: Tensor, positive: Tensor, confusable: Tensor | None = None) -> Tensor:
+    """Per-pixel sigmoid loss with the positives and the negatives weighted equally per sample.
 
     Objects cover a few percent of a frame; an unweighted mean is minimised by calling every
-    pixel background, which is what an unweighted loss learned on the synthetic world."""
+    pixel background, which is what an unweighted loss learned on the synthetic world.
+    `confusable` (boolean like `scores`, within the negatives) marks negatives that get a third,
+    equal share of their own: VIS's other-class scores on object pixels, which would otherwise be
+    a few percent of the negatives, so that a circle called a square would cost almost nothing.
+    """
     per_pixel = sigmoid_terms(scores, positive)
     dims = tuple(range(1, scores.ndim))
-    pos = positive.to(scores.dtype)
-    mean_pos = (per_pixel * pos).sum(dims) / pos.sum(dims).clamp(min=1)
-    mean_neg = (per_pixel * (1 - pos)).sum(dims) / (1 - pos).sum(dims).clamp(min=1)
-    return ((mean_pos + mean_neg) / 2).mean()
+    groups = [positive, ~positive] if confusable is None else [positive, ~positive & confusable, ~positive & ~confusable]
+    means = [(per_pixel * g).sum(dims) / g.sum(dims).clamp(min=1) for g in groups]
+    return (sum(means) / len(means)).mean()
 
 
 def patch_grid(tokens: Tensor) -> Tensor:
@@ -206,7 +209,8 @@ def vis_loss(logits: TaskLogits, grid: Tensor, classes: Tensor, mask: Tensor, mo
         counts = valid.flatten(1).sum(1).view(mask.shape[0], -1).sum(1).clamp(min=1)
         return (per_sample / counts).mean()
     positive = F.one_hot(mask, classes.shape[0]).permute(0, 1, 4, 2, 3).bool()[:, :, 1:]
-    return balanced_sigmoid_loss(scores[:, :, 1:], positive)
+    on_object = (mask > 0).unsqueeze(2).expand_as(positive)
+    return balanced_sigmoid_loss(scores[:, :, 1:], positive, on_object)
 
 
 def rvos_loss(logits: TaskLogits, grid: Tensor, captions: Tensor, mask: Tensor, mode: SegmentationLoss, rank: int = 0) -> Tensor:
