@@ -196,7 +196,8 @@ def vis_loss(logits: TaskLogits, grid: Tensor, classes: Tensor, mask: Tensor, mo
 
     softmax (original): cross-entropy over the C classes at every pixel, background pixels ignored.
     sigmoid (paper): every pixel is a positive for its class and a negative for the others;
-    background pixels are negatives for every real class (positives and negatives weighted equally).
+    background pixels are negatives for every real class. Per sample, the positives, the other
+    classes' scores on object pixels and the background pixels weigh a third each.
     """
     scores = mask_scores(logits, grid, classes, mask.shape[-1])  # [B, T, C, S, S]
     if mode == "softmax":
