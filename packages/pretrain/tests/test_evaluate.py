@@ -1,0 +1,21 @@
+import pytest
+import torch
+
+from streamformer_pretrain.evaluate import _interval_iou, predicted_moment
+
+
+@pytest.mark.parametrize(
+    ("scores", "moment"),
+    [
+        ([-3.0, -2.5, -1.0, -0.8, -0.9, -2.9, -3.1, -3.0], (2, 5)),  # no positive logit: still a moment
+        ([0.5, 0.4, 3.0, 2.8, 0.2, 3.1, 0.1, 0.0], (2, 6)),  # first to last frame above the mean (1.2625)
+        ([1.0] * 8, (0, 8)),  # no frame stands out: the whole clip
+    ],
+)
+def test_predicted_moment_spans_the_frames_above_the_clip_mean(scores, moment):
+    assert predicted_moment(torch.tensor(scores)) == moment
+
+
+def test_interval_iou_by_hand():
+    assert _interval_iou((2, 5), (3, 7)) == pytest.approx(2 / 5)
+    assert _interval_iou((0, 2), (4, 6)) == 0.0
