@@ -96,13 +96,16 @@ def test_action_recognition_csv(world, split):
     with open(world.root / f"ar/{split}.csv", newline="") as f:
         rows = list(csv.reader(f))  # no header
     ids = world.train_ids if split == "train" else world.val_ids
-    assert [path for path, _ in rows] == [f"videos/{video_id}.mp4" for video_id in ids]
+    assert [path for path, _ in rows] == [f"ar/clips/{video_id}.mp4" for video_id in ids]
     grounding = read_rows(world.root / f"grounding/{split}.csv")
-    for path, label in rows:
-        assert (world.root / path).is_file() and label in label2id
-        segments = [r for r in grounding if f"videos/{r['video_id']}.mp4" == path]
+    for (path, label), video_id in zip(rows, ids, strict=True):
+        assert label in label2id
+        segments = [r for r in grounding if r["video_id"] == video_id]
         longest = max(segments, key=lambda r: float(r["end_second"]) - float(r["start_second"]))
         assert longest["text"].endswith(label)  # the class is the video's longest action
+        info = video_info(world.root / path)  # trimmed to that action
+        seconds = float(longest["end_second"]) - float(longest["start_second"])
+        assert (info.num_frames, info.fps, info.height) == (round(seconds * 8), 8.0, 64)
 
 
 @pytest.mark.parametrize("split", ["train", "val"])

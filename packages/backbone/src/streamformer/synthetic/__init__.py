@@ -6,7 +6,8 @@ Small (64x64, 8 fps, 6 s) videos of coloured shapes whose actions are only visib
 
     videos/<video_id>.mp4
     world.json                                  seed, config, vocabulary, split sizes
-    ar/{train,val}.csv, ar/label2id.json        `videos/<id>.mp4,<class>` (no header)
+    ar/{train,val}.csv, ar/label2id.json        `ar/clips/<id>.mp4,<class>` (no header)
+    ar/clips/<id>.mp4                           the video's longest action, trimmed (AR clip)
     retrieval/{train,val}.csv                   video_id,dataset,text (text: list literal of captions)
     grounding/{train,val}.csv                   video_id,start_second,end_second,text,relevant_windows,dataset
     localization/{train,val}.csv, label2id.json same columns, one row per (video, class)

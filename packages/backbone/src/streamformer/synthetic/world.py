@@ -150,6 +150,11 @@ class Scene:
             labels[segment.start : segment.end] = ACTIONS.index(segment.action)
         return labels
 
+    @property
+    def main_segment(self) -> Segment:
+        """The longest action: the video's AR class, and what its AR clip is trimmed to."""
+        return max(self.segments, key=lambda s: s.end - s.start)
+
     def seconds(self, frame: int) -> float:
         return round(frame / self.config.fps, 3)
 
