@@ -37,6 +37,12 @@ def _interval_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _first_to_last(flags: Tensor) -> tuple[int, int] | None:
+    """[start, end) from the first to the last set frame of `flags` [T], None if none is set."""
+    on = flags.nonzero()
+    return (on.min().item(), on.max().item() + 1) if len(on) else None
+
+
 def predicted_moment(scores: Tensor) -> tuple[int, int]:
     """[start, end) frame span of a query's moment from its per-frame scores [T]: from the first to
     the last frame scoring above the clip's mean.
@@ -45,8 +51,7 @@ def predicted_moment(scores: Tensor) -> tuple[int, int]:
     clip. The span of positive logits depends on the logit bias, and a causal model is unsure of
     a moment's frames (after the end, the motion since the previous frame looks the same as inside
     it): on the demo model it predicted nothing for a fifth of the queries (IoU 0)."""
-    above = (scores > scores.mean()).nonzero()
-    return (above.min().item(), above.max().item() + 1) if len(above) else (0, len(scores))
+    return _first_to_last(scores > scores.mean()) or (0, len(scores))
 
 
 def _mask_iou(pred: Tensor, target: Tensor) -> float:
@@ -106,7 +111,7 @@ def evaluate(
             scores = logits(vision(batch["video"]).pooler_output, module.embed_texts(batch["caption"]), "btd,bd->bt")
             for row, truth in zip(scores, batch["frame_labels"].bool(), strict=True):
                 t = len(row)
-                gt = (truth.nonzero().min().item(), truth.nonzero().max().item() + 1) if truth.any() else (0, 0)
+                gt = _first_to_last(truth) or (0, 0)
                 ious.append(_interval_iou(predicted_moment(row), gt))
                 a, b = sorted(torch.randint(0, t + 1, (2,), generator=random).tolist())
                 chance.append(_interval_iou((a, b), gt))

@@ -106,6 +106,9 @@ class SplitWriter:
     def add(self, video_id: str, scene: Scene, rng: np.random.Generator) -> None:
         frames, masks = scene.render()
         write_video(self.root / "videos" / f"{video_id}.mp4", frames, scene.config.fps)
+        # The AR clip is trimmed to the action, as Kinetics and SSv2 clips are: in the whole video
+        # the last frame, which the global feature reads, is mostly background, where localization
+        # trains the same feature to reject every class.
         main = scene.main_segment
         write_video(self.root / "ar" / "clips" / f"{video_id}.mp4", frames[main.start : main.end], scene.config.fps)
         target = self.root / "oad" / "target_perframe" / f"{video_id}.npy"
@@ -119,9 +122,6 @@ class SplitWriter:
         self.video_ids.append(video_id)
 
     def _add_tables(self, video_id: str, scene: Scene) -> None:
-        # AR clips are trimmed to the action, as Kinetics and SSv2 clips are. In the whole video the
-        # last frame, which the global feature reads, is mostly background, where localization
-        # trains the same feature to reject every class.
         self.tables["ar"].append([f"ar/clips/{video_id}.mp4", scene.main_segment.action])
         self.tables["retrieval"].append([video_id, DATASET, str(scene.captions())])
         windows: dict[str, list[list[float]]] = {}
