@@ -231,13 +231,18 @@ def _sample_background(rng: np.random.Generator, config: WorldConfig) -> np.ndar
 
 def _sample_timeline(rng: np.random.Generator, num_frames: int, num_segments: int) -> list[tuple[int, int]]:
     """[start, end) frame windows: a main action (35-50% of the video) and maybe a shorter second one
-    (20-28%), in random order, with at least one background frame before, between and after."""
+    (20-28%), in random order, with at least one background frame before, between and after.
+
+    The spare background frames are split at uniformly random cut points, so an action may sit
+    anywhere in the video. (Dealt out one by one, they would split nearly evenly and put every
+    single action in the middle, where a prediction that ignores the video finds it.)"""
     lengths = [int(rng.integers(round(0.35 * num_frames), round(0.5 * num_frames) + 1))]
     if num_segments == 2:
         lengths.append(int(rng.integers(round(0.2 * num_frames), round(0.28 * num_frames) + 1)))
     order = rng.permutation(num_segments)
     spare = num_frames - sum(lengths) - (num_segments + 1)
-    gaps = 1 + rng.multinomial(spare, np.full(num_segments + 1, 1 / (num_segments + 1)))
+    cuts = np.sort(rng.integers(0, spare + 1, size=num_segments))
+    gaps = 1 + np.diff([0, *cuts, spare])
     windows: dict[int, tuple[int, int]] = {}
     cursor = 0
     for gap, k in zip(gaps[:-1], order, strict=True):  # the last gap is what remains
