@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from streamformer_pretrain.evaluate import _interval_iou, predicted_moment
+from streamformer_pretrain.evaluate import _interval_iou, best_fixed_interval, predicted_moment
 
 
 @pytest.mark.parametrize(
@@ -19,3 +19,10 @@ def test_predicted_moment_spans_the_frames_above_the_clip_mean(scores, moment):
 def test_interval_iou_by_hand():
     assert _interval_iou((2, 5), (3, 7)) == pytest.approx(2 / 5)
     assert _interval_iou((0, 2), (4, 6)) == 0.0
+
+
+def test_best_fixed_interval_by_hand():
+    # (0, 2) scores 1, 1, 1/3 on these moments; the runner-up (0, 3) scores 2/3 on each.
+    span, score = best_fixed_interval([(0, 2), (0, 2), (1, 3)], num_frames=4)
+    assert span == (0, 2)
+    assert score == pytest.approx(7 / 9)

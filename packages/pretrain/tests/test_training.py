@@ -43,7 +43,7 @@ def make(world, tmp_path, *callbacks, **model_args):
 def test_fit_trains_every_task_and_exports(world, tmp_path):
     from streamformer import StreamFormerVisionModel
     from streamformer_pretrain.cli import export
-    from streamformer_pretrain.evaluate import evaluate
+    from streamformer_pretrain.evaluate import evaluate, format_table
 
     recorder = Recorder()
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
@@ -58,6 +58,8 @@ def test_fit_trains_every_task_and_exports(world, tmp_path):
     results = evaluate(module, world.root, num_frames=4, image_size=32)
     assert list(results) == ["AR top-1", "grounding mIoU", "RVOS mIoU"]
     assert all(0 <= r["value"] <= 1 and 0 < r["chance"] < 1 for r in results.values())
+    blind = results["grounding mIoU"]["blind"]
+    assert 0 < blind <= 1 and f"scores {blind:.3f} mIoU" in format_table(results)
 
 
 def test_killed_run_resumes_at_the_saved_step_with_the_same_data_and_optimizer(world, tmp_path):

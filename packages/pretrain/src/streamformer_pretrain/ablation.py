@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .cli import evaluate
 from .cli import main as cli_main
+from .evaluate import blind_grounding_line
 
 TASK_SETS = {
     "global": ["ar", "retrieval"],
@@ -47,6 +48,8 @@ def table(rows: dict[str, dict], title: str, note: str) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{result[m]['value']:.3f}" for m in metrics) + " |")
     chance = next(iter(rows.values()))
     lines.append("| chance | " + " | ".join(f"{chance[m]['chance']:.3f}" for m in metrics) + " |")
+    if "grounding mIoU" in chance:
+        lines += ["", blind_grounding_line(chance["grounding mIoU"]["blind"])]
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,9 @@ Metrics (on the world's `val` split, deterministic middle-of-segment frames):
 AR top-1; retrieval R@1 video->text and text->video; localization per-frame mAP; grounding mIoU
 (predicted moment: `predicted_moment`); VIS mIoU over the object classes;
 RVOS mean mask IoU. Chance: 1/C and 1/N for the ranking metrics, the mean class prevalence for
-mAP, and for IoU metrics the score of a seeded random prediction on the same data.
+mAP, and for IoU metrics the score of a seeded random prediction on the same data. Grounding also
+gets the score of the best fixed span (`best_fixed_interval`): moments cover a third of a clip,
+so one well-placed span, the same for every clip, scores far above a random one.
 """
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ def predicted_moment(scores: Tensor) -> tuple[int, int]:
     a moment's frames (after the end, the motion since the previous frame looks the same as inside
     it): on the demo model it predicted nothing for a fifth of the queries (IoU 0)."""
     return _first_to_last(scores > scores.mean()) or (0, len(scores))
+
+
+def best_fixed_interval(truths: list[tuple[int, int]], num_frames: int) -> tuple[tuple[int, int], float]:
+    """The [start, end) span that, predicted for every clip, scores the highest mIoU against
+    `truths`, and that mIoU: an upper bound on any grounding prediction that ignores the video."""
+    spans = [(a, b) for a in range(num_frames) for b in range(a + 1, num_frames + 1)]
+    scores = [sum(_interval_iou(span, truth) for truth in truths) / len(truths) for span in spans]
+    best = max(range(len(spans)), key=scores.__getitem__)
+    return spans[best], scores[best]
 
 
 def _mask_iou(pred: Tensor, target: Tensor) -> float:
@@ -106,16 +117,20 @@ def evaluate(
         results["localization frame mAP"] = {"value": sum(aps) / len(aps), "chance": sum(prevalence) / len(prevalence)}
 
     if "grounding" in datasets:
-        logits, ious, chance = module.task_logits["grounding"], [], []
+        logits, ious, chance, truths = module.task_logits["grounding"], [], [], []
         for batch in _batches(datasets["grounding"], batch_size):
             scores = logits(vision(batch["video"]).pooler_output, module.embed_texts(batch["caption"]), "btd,bd->bt")
             for row, truth in zip(scores, batch["frame_labels"].bool(), strict=True):
                 t = len(row)
-                gt = _first_to_last(truth) or (0, 0)
-                ious.append(_interval_iou(predicted_moment(row), gt))
+                truths.append(_first_to_last(truth) or (0, 0))
+                ious.append(_interval_iou(predicted_moment(row), truths[-1]))
                 a, b = sorted(torch.randint(0, t + 1, (2,), generator=random).tolist())
-                chance.append(_interval_iou((a, b), gt))
-        results["grounding mIoU"] = {"value": sum(ious) / len(ious), "chance": sum(chance) / len(chance)}
+                chance.append(_interval_iou((a, b), truths[-1]))
+        results["grounding mIoU"] = {
+            "value": sum(ious) / len(ious),
+            "chance": sum(chance) / len(chance),
+            "blind": best_fixed_interval(truths, t)[1],
+        }
 
     if "vis" in datasets:
         classes, logits = module.class_embeddings("vis"), module.task_logits["vis"]
@@ -152,7 +167,14 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     lines = ["| metric | value | chance | value / chance |", "|---|---:|---:|---:|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['value']:.3f} | {r['chance']:.3f} | {r['value'] / max(r['chance'], 1e-9):.1f}x |")
+    if "grounding mIoU" in results:
+        lines += ["", blind_grounding_line(results["grounding mIoU"]["blind"])]
     return "\n".join(lines)
+
+
+def blind_grounding_line(blind: float) -> str:
+    return (f"Grounding without the video: the one span that best fits every clip of this split (an upper "
+            f"bound on any prediction that ignores the video) scores {blind:.3f} mIoU.")  # fmt: skip
 
 
 def save_results(results: dict[str, Any], path: str | Path, title: str) -> None:
