@@ -63,30 +63,33 @@ def test_fit_trains_every_task_and_exports(world, tmp_path):
 
 
 def test_killed_run_resumes_at_the_saved_step_with_the_same_data_and_optimizer(world, tmp_path):
-    """With the pixel decoder, whose weights and optimizer state must come back too."""
+    """From mid-epoch and from an epoch's last batch; with the pixel decoder, whose weights and
+    optimizer state must come back too."""
     L.seed_everything(0)
     full = Recorder()
     data, module, trainer = make(world, tmp_path / "full", full, pixel_decoder=True)
     trainer.fit(module, data)
-    assert len(full.steps) > 12
+    per_epoch = len(full.steps) // 2
+    assert per_epoch > 6
 
     L.seed_everything(0)
-    first = Recorder(kill_at=7)
-    save = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
-    data, killed, trainer = make(world, tmp_path / "killed", first, save, pixel_decoder=True)
+    first = Recorder(kill_at=per_epoch + 2)
+    saves = [ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=n, save_top_k=-1) for n in (5, per_epoch)]
+    data, killed, trainer = make(world, tmp_path / "killed", first, *saves, pixel_decoder=True)
     with pytest.raises(Killed):
         trainer.fit(killed, data)
-    checkpoint = tmp_path / "ckpt" / "epoch=0-step=5.ckpt"
-    saved = torch.load(checkpoint, weights_only=True)
-    assert saved["global_step"] == 5 and saved["optimizer_states"][0]["state"]
 
-    L.seed_everything(123)  # the resumed run must not depend on the global RNG
-    second = Recorder()
-    data, resumed, trainer = make(world, tmp_path / "resumed", second, pixel_decoder=True)
-    trainer.fit(resumed, data, ckpt_path=checkpoint)
-    assert second.steps == full.steps[5:]  # same step numbers, tasks and pixels from the saved step on
-    for key, value in module.state_dict().items():
-        torch.testing.assert_close(resumed.state_dict()[key], value, msg=key)
+    for step in (5, per_epoch):
+        checkpoint = next((tmp_path / "ckpt").glob(f"epoch=0-step={step}.ckpt"))
+        saved = torch.load(checkpoint, weights_only=True)
+        assert saved["global_step"] == step and saved["optimizer_states"][0]["state"]
+        L.seed_everything(123)  # the resumed run must not depend on the global RNG
+        second = Recorder()
+        data, resumed, trainer = make(world, tmp_path / f"resumed-{step}", second, pixel_decoder=True)
+        trainer.fit(resumed, data, ckpt_path=checkpoint)
+        assert second.steps == full.steps[step:]  # same step numbers, tasks and pixels from the saved step on
+        for key, value in module.state_dict().items():
+            torch.testing.assert_close(resumed.state_dict()[key], value, msg=key)
 
 
 def test_temporal_none_keeps_the_gates_closed(world, tmp_path):

@@ -431,7 +431,8 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"batches_served": self._served}
+        finished = self._served >= len(self.batch_sampler)  # saved on an epoch's last batch: the next starts afresh
+        return {"batches_served": 0 if finished else self._served}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume_at = state["batches_served"]
