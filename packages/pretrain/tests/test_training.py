@@ -24,6 +24,9 @@ class Recorder(Callback):
     def __init__(self, kill_at: int | None = None) -> None:
         self.steps, self.kill_at = [], kill_at
 
+    def on_train_start(self, trainer, module):
+        self.start = {name: p.detach().clone() for name, p in module.named_parameters()}
+
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.steps.append((trainer.global_step, batch["task"], round(batch["video"].double().sum().item(), 4)))
         if trainer.global_step == self.kill_at:
@@ -48,10 +51,13 @@ def test_fit_trains_every_task_and_exports(world, tmp_path):
     recorder = Recorder()
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     data, module, trainer = make(world, tmp_path, recorder, checkpoints, segmentation_loss="softmax")
-    before = {k: v.clone() for k, v in module.state_dict().items()} if module.model else None
     trainer.fit(module, data)
     assert {task for _, task, _ in recorder.steps} == {"ar", "grounding", "rvos"}
-    assert before is None and trainer.global_step == len(recorder.steps)
+    assert trainer.global_step == len(recorder.steps)
+    moved = {name for name, p in module.named_parameters() if not torch.equal(p, recorder.start[name])}
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    assert moved <= trainable  # the frozen text tower and base weights stay as they were
+    assert any("lora_" in name for name in moved) and any(name.startswith("task_logits.rvos") for name in moved)
     export(str(tmp_path / "ckpt" / "last.ckpt"), str(tmp_path / "backbone"))
     backbone = StreamFormerVisionModel.from_pretrained(tmp_path / "backbone")
     torch.testing.assert_close(backbone.state_dict(), module.model.timesformer.state_dict())
