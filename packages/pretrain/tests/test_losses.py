@@ -107,6 +107,15 @@ def test_rvos_own_expression():
     torch.testing.assert_close(ce, expected)
 
 
+def test_rvos_softmax_weighs_samples_not_pixels():
+    g = torch.Generator().manual_seed(0)
+    grid, captions = torch.randn(2, 1, 2, 2, 3, generator=g), torch.randn(2, 3, generator=g)
+    mask = torch.tensor([[[[1, 0], [0, 0]]], [[[1, 1], [1, 0]]]])  # a 1-pixel and a 3-pixel object
+    scores = F.normalize(grid, dim=-1) @ F.normalize(captions, dim=-1).t()  # [2, 1, 2, 2, K]
+    per_sample = [F.cross_entropy(scores[i][mask[i].bool()], torch.full((int(mask[i].sum()),), i)) for i in range(2)]
+    torch.testing.assert_close(rvos_loss(unit_logits(), grid, captions, mask, "softmax"), sum(per_sample) / 2)
+
+
 def test_mask_scores_are_the_task_logits_of_each_position():
     g = torch.Generator().manual_seed(0)
     grid, texts = torch.randn(2, 3, 4, 4, 5, generator=g), torch.randn(6, 5, generator=g)

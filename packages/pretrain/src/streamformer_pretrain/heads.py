@@ -190,6 +190,18 @@ def mask_scores(logits: TaskLogits, grid: Tensor, texts: Tensor, size: int) -> T
     )
 
 
+def masked_cross_entropy(scores: Tensor, target: Tensor) -> Tensor:
+    """The original's segmentation loss: softmax cross-entropy over dim 2 of `scores`
+    [B, T, K, S, S] at the pixels where `target` [B, T, S, S] is a class (-1: ignored), averaged
+    over each sample's labelled pixels, then over the samples."""
+    if not (target >= 0).any():
+        return scores.sum() * 0.0
+    per_pixel = F.cross_entropy(scores.flatten(0, 1), target.flatten(0, 1), ignore_index=-1, reduction="none")
+    valid = target >= 0
+    per_sample = (per_pixel.view_as(target) * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
+    return per_sample.mean()
+
+
 def vis_loss(logits: TaskLogits, grid: Tensor, classes: Tensor, mask: Tensor, mode: SegmentationLoss) -> Tensor:
     """Semantic video segmentation: mask embeddings [B, T, h, w, D] vs class embeddings [C, D]
     (index 0 = background), target mask [B, T, S, S] of class ids.
@@ -201,14 +213,7 @@ def vis_loss(logits: TaskLogits, grid: Tensor, classes: Tensor, mask: Tensor, mo
     """
     scores = mask_scores(logits, grid, classes, mask.shape[-1])  # [B, T, C, S, S]
     if mode == "softmax":
-        target = torch.where(mask > 0, mask, torch.full_like(mask, -1))
-        if not (target >= 0).any():
-            return scores.sum() * 0.0
-        per_pixel = F.cross_entropy(scores.flatten(0, 1), target.flatten(0, 1), ignore_index=-1, reduction="none")
-        valid = (target >= 0).flatten(0, 1)
-        per_sample = (per_pixel * valid).flatten(1).sum(1).view(mask.shape[0], -1).sum(1)
-        counts = valid.flatten(1).sum(1).view(mask.shape[0], -1).sum(1).clamp(min=1)
-        return (per_sample / counts).mean()
+        return masked_cross_entropy(scores, torch.where(mask > 0, mask, torch.full_like(mask, -1)))
     positive = F.one_hot(mask, classes.shape[0]).permute(0, 1, 4, 2, 3).bool()[:, :, 1:]
     on_object = (mask > 0).unsqueeze(2).expand_as(positive)
     return balanced_sigmoid_loss(scores[:, :, 1:], positive, on_object)
@@ -218,7 +223,9 @@ def rvos_loss(logits: TaskLogits, grid: Tensor, captions: Tensor, mask: Tensor, 
     """Referring segmentation: mask embeddings [B, T, h, w, D] vs the global batch's expressions
     [W*B, D]; sample i's own expression is rank*B + i; mask [B, T, S, S] is its object.
 
-    softmax (original): at foreground pixels, cross-entropy over all expressions (background ignored).
+    softmax (original): at foreground pixels, cross-entropy over all expressions (background
+    ignored), averaged per sample as the reference states (a mean over the batch's pixels would
+    let large objects outweigh small ones).
     sigmoid (paper): the own expression's score is positive on the object and negative elsewhere
     (positives and negatives weighted equally).
     """
@@ -226,9 +233,6 @@ def rvos_loss(logits: TaskLogits, grid: Tensor, captions: Tensor, mask: Tensor, 
     own = rank * b + torch.arange(b, device=grid.device)
     if mode == "softmax":
         scores = mask_scores(logits, grid, captions, mask.shape[-1])  # [B, T, K, S, S]
-        target = torch.where(mask.bool(), own[:, None, None, None].expand_as(mask), torch.full_like(mask, -1))
-        if not (target >= 0).any():
-            return scores.sum() * 0.0
-        return F.cross_entropy(scores.flatten(0, 1), target.flatten(0, 1), ignore_index=-1)
+        return masked_cross_entropy(scores, torch.where(mask.bool(), own[:, None, None, None].expand_as(mask), -1))
     scores = mask_scores(logits, grid, captions[own, None], mask.shape[-1])[:, :, 0]
     return balanced_sigmoid_loss(scores, mask.bool())
