@@ -104,3 +104,17 @@ def test_temporal_none_keeps_the_gates_closed(world, tmp_path):
     vision = module.model.timesformer
     assert vision.temporal_gates().abs().sum() == 0
     assert not any(layer.temporal_attention_gating.requires_grad for layer in vision.encoder.layer)
+
+
+def test_weight_decay_spares_tables_norms_gates_and_the_probe_only(world):
+    module = StreamFormerPretraining(config=TINY, freeze_text_encoder=False)
+    module.build(MultiTaskDataModule(root=str(world.root), tasks=("ar",), num_frames=4, image_size=32), warm_up_text=False)
+    names = {id(p): name for name, p in module.named_parameters()}
+    decay, no_decay = ({names[id(p)] for p in group["params"]} for group in module.parameter_groups())
+    assert "model.timesformer.embeddings.patch_embeddings.projection.weight" in decay  # a conv kernel
+    assert any("lora_A" in name for name in decay)
+    spared = {"model.timesformer.embeddings.position_embeddings", "model.timesformer.embeddings.time_embeddings",
+              "model.timesformer.head.probe", "model.text_encoder.embeddings.token_embedding.weight",
+              "model.text_encoder.embeddings.position_embedding.weight"}  # fmt: skip
+    assert spared <= no_decay
+    assert all(module.get_parameter(name).ndim <= 1 for name in no_decay - spared)  # biases, norms, gates

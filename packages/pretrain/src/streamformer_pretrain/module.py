@@ -297,18 +297,20 @@ class StreamFormerPretraining(L.LightningModule):
             raise ValueError("set trainer.max_epochs or trainer.max_steps: the cosine schedule needs the run's length")
         return max(1, int(min(limits)))
 
-    def configure_optimizers(self):
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups of the trainable parameters: weight decay on weight matrices and kernels;
+        none on biases, norms, 0-d gates/scales, embedding tables and the probe."""
+        tables = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
         decay, no_decay = [], []
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
-            # Biases, norms, 0-d gates/scales and embedding tables take no weight decay.
-            (no_decay if param.ndim <= 1 or "embeddings" in name or name.endswith("probe") else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
-            betas=self.hparams.betas,
-        )
+            table = id(param) in tables or name.endswith(("position_embeddings", "time_embeddings", "probe"))
+            (no_decay if param.ndim <= 1 or table else decay).append(param)
+        return [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.hparams.lr, betas=self.hparams.betas)
         total = self.total_steps()
         warmup = int(self.hparams.warmup_ratio * total)
         floor = self.hparams.min_lr / self.hparams.lr
