@@ -118,3 +118,15 @@ def test_weight_decay_spares_tables_norms_gates_and_the_probe_only(world):
               "model.text_encoder.embeddings.position_embedding.weight"}  # fmt: skip
     assert spared <= no_decay
     assert all(module.get_parameter(name).ndim <= 1 for name in no_decay - spared)  # biases, norms, gates
+
+
+def test_a_pretrained_model_takes_the_runs_temporal_rule(world, tmp_path):
+    from streamformer import StreamFormerConfig, StreamFormerModel
+
+    data = MultiTaskDataModule(root=str(world.root), tasks=("ar",), num_frames=4, image_size=32)
+    text = dict(TINY["text_config"], vocab_size=len(data.tokenizer))
+    StreamFormerModel(StreamFormerConfig(**{**TINY, "text_config": text})).save_pretrained(tmp_path / "init")
+    for temporal, causal in (("bidirectional", False), ("causal", True)):
+        module = StreamFormerPretraining(pretrained=str(tmp_path / "init"), temporal=temporal)
+        module.build(data, warm_up_text=False)
+        assert module.model.timesformer.config.enable_causal_temporal is causal

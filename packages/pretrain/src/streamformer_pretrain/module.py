@@ -184,8 +184,9 @@ class StreamFormerPretraining(L.LightningModule):
             text = dict(fields.pop("text_config", {}))
             text.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                         bos_token_id=None, max_position_embeddings=tokenizer.model_max_length)  # fmt: skip
-            fields["enable_causal_temporal"] = self.hparams.temporal != "bidirectional"
             model = StreamFormerModel(StreamFormerConfig(**fields, text_config=text))
+        # The run's attention rule, whatever a loaded config says (read at every forward).
+        model.config.enable_causal_temporal = self.hparams.temporal != "bidirectional"
         self.model = model
         self.tokenizer = tokenizer
         self._set_trainable()
