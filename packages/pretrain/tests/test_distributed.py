@@ -34,7 +34,10 @@ def _worker(rank: int, port: int, results) -> None:
     dist.all_reduce(grad)  # what DDP does to gradients: average over ranks
     losses = [torch.zeros(()) for _ in range(WORLD)]
     dist.all_gather(losses, loss.detach())
-    results[rank] = (torch.stack(losses).mean(), grad / WORLD)
+    # Gathered without gradients (RVOS's expressions), the local rows still carry theirs.
+    x = torch.randn(LOCAL_BATCH, DIM, requires_grad=True)
+    gather_across_ranks(x, with_grad=False).sum().backward()
+    results[rank] = (torch.stack(losses).mean(), grad / WORLD, torch.equal(x.grad, torch.ones_like(x)))
     dist.destroy_process_group()
 
 
@@ -52,6 +55,7 @@ def test_gathered_retrieval_loss_equals_single_process():
     single = retrieval_loss(logits, videos, text_tower(captions))
     single.backward()
     for rank in range(WORLD):
-        ddp_loss, ddp_grad = results[rank]
+        ddp_loss, ddp_grad, local_rows_keep_grad = results[rank]
         torch.testing.assert_close(ddp_loss, single.detach())
         torch.testing.assert_close(ddp_grad, text_tower.weight.grad)
+        assert local_rows_keep_grad

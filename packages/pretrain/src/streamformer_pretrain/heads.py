@@ -71,7 +71,8 @@ class DenseProjection(nn.Module):
 
 def gather_across_ranks(x: Tensor, with_grad: bool) -> Tensor:
     """Concatenate `x` [B, ...] of every rank in rank order -> [W*B, ...] (identity without a
-    process group). With `with_grad`, gradients flow back to every rank's `x`."""
+    process group). With `with_grad`, gradients flow back to every rank's `x`; without, only to
+    the local part (the other ranks' parts are constants)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -82,6 +83,7 @@ def gather_across_ranks(x: Tensor, with_grad: bool) -> Tensor:
         return all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.detach().contiguous())
+    parts[dist.get_rank()] = x
     return torch.cat(parts)
 
 
