@@ -7,12 +7,15 @@ optional SigLIP text tower for the dual-encoder `StreamFormerModel`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from transformers import PretrainedConfig, SiglipTextConfig
 from transformers.configuration_utils import SubConfigSpec
 
 TEMPORAL_POSITION_POLICIES = ("clamp", "interpolate")
+
+logger = logging.getLogger(__name__)
 
 # Keys of the original config.json that carry no information for this implementation.
 _ORIGINAL_IGNORED_KEYS = ("clip_config", "architectures", "transformers_version", "model_type", "torch_dtype", "dtype")
@@ -103,8 +106,9 @@ class StreamFormerConfig(PretrainedConfig):
         fields.setdefault("enable_causal_temporal", False)
         fields.setdefault("hidden_act", "gelu")
         known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(fields) - known)
+        bookkeeping = set(PretrainedConfig().to_dict()) | {"output_attentions", "tie_word_embeddings"}
+        unknown = sorted(k for k in set(fields) - known if not (k.startswith("_") or k in bookkeeping))
         if unknown:
-            raise ValueError(f"original config has keys this converter does not know: {unknown}")
-        fields.update(overrides)
+            logger.warning("original config: ignoring keys this implementation does not know: %s", unknown)
+        fields = {k: v for k, v in fields.items() if k in known} | overrides
         return cls(**fields)
