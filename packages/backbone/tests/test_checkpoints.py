@@ -1,5 +1,6 @@
 """Checkpoints: SigLIP initialisation, the original layout key for key, our own format."""
 
+import argparse
 import pickle
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from backbone_helpers import original_layout_checkpoint, tiny_siglip
 from transformers import AutoModel
 
-from streamformer import StreamFormerModel, StreamFormerVisionModel
+from streamformer import StreamFormerConfig, StreamFormerModel, StreamFormerVisionModel
 from streamformer.checkpoints import detect_format, from_siglip, load_original
 from streamformer.testing import tiny_model
 
@@ -183,7 +184,11 @@ def test_training_checkpoint_with_heads(tmp_path):
     state["text_encoder.text_model.head.weight"] = torch.zeros(2, 2)
     state["task_heads.Kinetics.logit_scale"] = torch.tensor(1.0)
     state["logit_scale"] = torch.tensor(1.0)
-    torch.save({"model": state, "epoch": 3}, tmp_path / "checkpoint-epoch_3.pth")
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))])
+    optimizer.step()  # the layout of the original's `utils.save_model`, argparse options included
+    checkpoint = {"model": state, "optimizer": optimizer.state_dict(), "epoch": 3, "scaler": {"scale": 65536.0},
+                  "args": argparse.Namespace(lr=2e-5, output_dir="/out")}  # fmt: skip
+    torch.save(checkpoint, tmp_path / "checkpoint-epoch_3.pth")
     _, report = load_original(tmp_path / "checkpoint-epoch_3.pth", config=config)
     assert report.ok
     assert {"text_encoder.text_model.head.weight", "task_heads.Kinetics.logit_scale", "logit_scale"} <= set(report.ignored)
@@ -212,3 +217,13 @@ def test_save_pretrained_round_trip(tmp_path, video_tensor):
     for loaded in (StreamFormerVisionModel.from_pretrained(tmp_path / "ours"), AutoModel.from_pretrained(tmp_path / "ours")):
         assert isinstance(loaded, StreamFormerVisionModel)
         torch.testing.assert_close(loaded.eval()(video_tensor).pooler_output, model(video_tensor).pooler_output, atol=0, rtol=0)
+
+
+def test_original_config_keys_of_transformers_are_accepted_and_strangers_named(tmp_path, caplog):
+    _, config = original_layout_checkpoint(tmp_path, num_layers=1)
+    config |= {"_name_or_path": "/ckpt", "_attn_implementation_autoset": True, "output_attentions": False,
+               "tie_word_embeddings": True, "mystery_knob": 3}  # fmt: skip
+    with caplog.at_level("WARNING", logger="streamformer.config"):
+        ours = StreamFormerConfig.from_original(config)
+    assert ours.num_hidden_layers == 1
+    assert "['mystery_knob']" in caplog.text

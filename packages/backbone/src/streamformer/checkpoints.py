@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -29,7 +30,6 @@ from .model import StreamFormerModel, StreamFormerVisionModel
 logger = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_LORA_TARGETS = ("attention.attention.qkv", "attention.output.dense")
 _ORIGINAL_LORA = re.compile(r"^(encoder\.layer\.\d+\.attention\.(?:attention\.qkv|output\.dense))_lora_([ab])\.weight$")
 
 
@@ -70,7 +70,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         return load_file(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # The original's training checkpoints also hold its argparse options (`args`).
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(
             f"cannot load {path} with weights_only=True ({error}); re-save its tensors with torch.save(state_dict) or safetensors"
