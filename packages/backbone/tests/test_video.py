@@ -2,6 +2,7 @@
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -126,3 +127,18 @@ def test_write_video_rejects_bad_frames(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         write_video(tmp_path / "float.mp4", np.zeros((2, 32, 32, 3), np.float32))
     assert not list(tmp_path.iterdir())
+
+
+def test_reading_frames_never_seeks_back_to_the_first_frame():
+    """Streaming reads chunk after chunk: a look at frame 0 would decode the stream from its start each time."""
+
+    class Reader:
+        frame_size = (2, 3)
+
+        def __getitem__(self, index):
+            raise AssertionError("read frame 0")
+
+        def get_batch(self, indices):
+            return SimpleNamespace(asnumpy=lambda: np.zeros((len(indices), 2, 3, 3), dtype=np.uint8))
+
+    assert read_frames(Reader(), [7, 8], "clip.mp4").shape == (2, 2, 3, 3)

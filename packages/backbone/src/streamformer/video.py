@@ -52,13 +52,14 @@ def open_video(path: str | os.PathLike):
         raise VideoReadError(f"cannot open video {path}: {str(error).splitlines()[0]}") from error
     if len(reader) == 0:
         raise VideoReadError(f"video has no frames: {path}")
+    # Read once here: asking the reader for frame 0 later would seek back to the stream's start.
+    reader.frame_size = tuple(reader[0].shape[:2])
     return reader
 
 
 def video_info(path: str | os.PathLike) -> VideoInfo:
     reader = open_video(path)
-    height, width = reader[0].shape[:2]
-    return VideoInfo(str(path), len(reader), float(reader.get_avg_fps()), height, width)
+    return VideoInfo(str(path), len(reader), float(reader.get_avg_fps()), *reader.frame_size)
 
 
 def segment_indices(num_frames: int, num_segments: int, generator: torch.Generator | None = None) -> list[int]:
@@ -91,8 +92,8 @@ def resample_indices(num_frames: int, source_fps: float, target_fps: float, roun
 
 
 def read_frames(reader, indices: Sequence[int], path: str) -> Tensor:
-    """Decode `indices` (frame numbers) from an open reader of `path` -> uint8 [T, H, W, 3]."""
-    height, width = reader[0].shape[:2]
+    """Decode `indices` (frame numbers) from a reader of `path` (`open_video`) -> uint8 [T, H, W, 3]."""
+    height, width = reader.frame_size
     try:
         frames = reader.get_batch(list(indices)).asnumpy()
     except Exception as error:
