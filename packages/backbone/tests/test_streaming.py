@@ -103,6 +103,8 @@ def test_cache_misuse_is_a_clear_error():
         model(torch.randn(2, 1, 3, 32, 32), cache=cache, max_frames=3)
     with pytest.raises(ValueError, match="must exceed sink_frames"):
         model.new_cache(max_frames=2, sink_frames=2)
+    with pytest.raises(ValueError, match="never receives"):  # the sinks would be frames it never sees
+        model.new_cache(max_frames=4, sink_frames=1, start_frame=5)
     with pytest.raises(RuntimeError, match="expected frame 0"):
         cache.update(0, torch.zeros(32, 4, 1, 8), torch.zeros(32, 4, 1, 8), torch.tensor([3]))
 

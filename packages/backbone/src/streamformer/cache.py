@@ -64,7 +64,8 @@ class TemporalKVCache:
         num_layers: number of blocks of the model.
         batch_size: streams processed together; every call must use this batch size.
         max_frames: window length in frames (None: unbounded, every past frame is kept).
-        sink_frames: first frames of the stream that stay attendable forever (needs max_frames).
+        sink_frames: first frames of the stream that stay attendable forever (needs max_frames
+            and a cache that starts the stream, `start_frame` 0).
         start_frame: absolute index of the first frame this cache will receive (0 for a new
             stream). Time embeddings and the window follow absolute indices.
     """
@@ -82,6 +83,10 @@ class TemporalKVCache:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if start_frame < 0:
             raise ValueError(f"start_frame must be >= 0, got {start_frame}")
+        if start_frame and sink_frames:
+            raise ValueError(
+                f"sink_frames are the stream's first frames, which a cache starting at frame {start_frame} never receives"
+            )
         self.num_layers = num_layers
         self.batch_size = batch_size
         self.max_frames = max_frames
