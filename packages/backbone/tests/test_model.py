@@ -125,6 +125,16 @@ def test_bad_input_is_a_clear_error(shape, dtype, message):
         tiny_model()(torch.zeros(shape, dtype=dtype))
 
 
+def test_hidden_dropout_acts_in_training_only(video_tensor):
+    plain, dropped = tiny_model(), tiny_model(hidden_dropout_prob=0.5)
+    with torch.no_grad():
+        expected = plain(video_tensor).last_hidden_state
+        torch.testing.assert_close(dropped(video_tensor).last_hidden_state, expected)  # eval: no dropout
+        dropped.train()
+        first, second = dropped(video_tensor).last_hidden_state, dropped(video_tensor).last_hidden_state
+    assert not torch.allclose(first, expected) and not torch.allclose(first, second)
+
+
 def test_training_forward_backward(video_tensor):
     model = tiny_model().train()
     out = model(video_tensor)

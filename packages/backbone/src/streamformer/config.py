@@ -32,6 +32,9 @@ class StreamFormerConfig(PretrainedConfig):
         num_frames: rows of the learned time-embedding table (the training clip length).
         hidden_act: activation of the block MLPs and the pooling head. The original uses exact
             `"gelu"` although SigLIP was trained with `"gelu_pytorch_tanh"`.
+        hidden_dropout_prob: dropout on the embeddings, on every attention's output projection and
+            on the MLPs' hidden and output activations (as the original); 0 in the released model.
+        attention_probs_dropout_prob: dropout on the attention weights.
         enable_causal_temporal: causal (streamable) temporal attention; `False` makes it
             bidirectional (offline only, used by the temporal ablation).
         temporal_gate_init: initial value of each layer's temporal gate (used through tanh). 0, the

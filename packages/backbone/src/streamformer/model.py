@@ -187,6 +187,7 @@ class StreamFormerSelfAttention(nn.Module):
             )
         self.attention = Namespace(qkv=qkv)
         self.output = Namespace(dense=dense)
+        self.output_dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """[S, L, D] -> query, key, value [S, heads, L, head_dim]."""
@@ -196,7 +197,7 @@ class StreamFormerSelfAttention(nn.Module):
 
     def project_output(self, x: Tensor) -> Tensor:
         """[S, heads, L, head_dim] -> [S, L, D]."""
-        return self.output.dense(x.transpose(1, 2).flatten(2))
+        return self.output_dropout(self.output.dense(x.transpose(1, 2).flatten(2)))
 
     def forward(self, x: Tensor, implementation: str = "sdpa") -> Tensor:
         """Full (bidirectional) attention over the L tokens of each of the S sequences in x [S, L, D]."""
@@ -222,6 +223,7 @@ class StreamFormerLayer(nn.Module):
         self.intermediate = Namespace(dense=nn.Linear(dim, config.intermediate_size))
         self.output = Namespace(dense=nn.Linear(config.intermediate_size, dim))
         self.activation = ACT2FN[config.hidden_act]
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = DropPath(drop_path)
 
     def temporal(self, x: Tensor, context: TemporalContext, implementation: str) -> Tensor:
@@ -242,7 +244,7 @@ class StreamFormerLayer(nn.Module):
         x = x + self.drop_path(torch.tanh(self.temporal_attention_gating) * self.temporal(x, context, implementation))
         spatial = self.attention(self.layernorm_before(x).view(b * t, n, d), implementation)
         x = x + self.drop_path(spatial.view(b, t, n, d))
-        mlp = self.output.dense(self.activation(self.intermediate.dense(self.layernorm_after(x))))
+        mlp = self.dropout(self.output.dense(self.dropout(self.activation(self.intermediate.dense(self.layernorm_after(x))))))
         return x + self.drop_path(mlp)
 
 
@@ -265,6 +267,7 @@ class StreamFormerEmbeddings(nn.Module):
         self.patch_embeddings = StreamFormerPatchEmbeddings(config)
         self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches, config.hidden_size))
         self.time_embeddings = nn.Parameter(torch.zeros(1, config.num_frames, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def spatial_positions(self, grid_h: int, grid_w: int) -> Tensor:
         """[1, grid_h * grid_w, D]; the learned square table resized (bicubic) for other resolutions."""
@@ -298,7 +301,7 @@ class StreamFormerEmbeddings(nn.Module):
         patch = self.config.patch_size
         x = self.patch_embeddings(pixel_values.flatten(0, 1)) + self.spatial_positions(h // patch, w // patch)
         rows = self.time_rows(context.frames, context.clip_length).to(x.device)
-        return x.view(b, t, -1, x.shape[-1]) + self.time_embeddings[0, rows][None, :, None, :]
+        return self.dropout(x.view(b, t, -1, x.shape[-1]) + self.time_embeddings[0, rows][None, :, None, :])
 
 
 class StreamFormerEncoder(nn.Module):
