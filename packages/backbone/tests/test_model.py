@@ -114,6 +114,7 @@ def test_other_resolution_resizes_position_table():
     "shape, dtype, message",
     [
         ((2, 3, 32, 32), torch.float32, r"\[B, T, C, H, W\]"),
+        ((32,), torch.float32, r"\[B, T, C, H, W\]"),
         ((1, 2, 4, 32, 32), torch.float32, "channels"),
         ((1, 2, 3, 30, 32), torch.float32, "divisible by the patch"),
         ((1, 0, 3, 32, 32), torch.float32, "no frames"),
@@ -123,6 +124,11 @@ def test_other_resolution_resizes_position_table():
 def test_bad_input_is_a_clear_error(shape, dtype, message):
     with pytest.raises((ValueError, TypeError), match=message):
         tiny_model()(torch.zeros(shape, dtype=dtype))
+
+
+def test_frames_must_come_as_a_tensor():
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
+        tiny_model()([torch.zeros(1, 3, 32, 32)])
 
 
 def test_hidden_dropout_acts_in_training_only(video_tensor):

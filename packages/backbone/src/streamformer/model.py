@@ -457,6 +457,7 @@ class StreamFormerVisionModel(StreamFormerPreTrainedModel):
         `max_frames` frames with `sink_frames` sinks. With `cache`: they are the next T frames of
         the stream the cache holds, and the outputs cover these T frames only.
         """
+        check_pixel_values(pixel_values, self.config)  # before anything reads its shape
         context = self.temporal_context(pixel_values.shape[1], cache, max_frames, sink_frames)
         hidden = self.embed(pixel_values, context)
         all_hidden = [hidden] if output_hidden_states else None
