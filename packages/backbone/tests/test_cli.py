@@ -45,6 +45,7 @@ def test_encode_clip_and_stream_agree(model_dir, tmp_path):
     main(["encode", str(video), str(model_dir), str(tmp_path / "clip.safetensors"), "--num_frames", "4"])
     with safe_open(tmp_path / "clip.safetensors", "pt") as f:
         assert f.get_tensor("spatial").shape == (4, 16, 32) and f.get_tensor("global").shape == (32,)
+        assert json.loads(f.metadata()["frame_indices"]) == [2, 7, 12, 17]  # the middle frame of each quarter
 
     main(
         [

@@ -152,7 +152,8 @@ def from_siglip(
     Spatial attention, MLPs, patch/position embeddings, post-LayerNorm and pooling head come from
     SigLIP. Temporal attention, `temporal_dense` (weights and biases) and the time embeddings are
     drawn from N(0, initializer_range); gates are 0 and temporal LayerNorms the identity, so each
-    frame goes through exactly SigLIP's computation except for the time embedding.
+    frame goes through SigLIP's computation except for the time embedding and, unless
+    `hidden_act` keeps SigLIP's tanh GELU, the exact GELU of the original.
 
     Args:
         path: directory (or hub id) of a `SiglipModel` or `SiglipVisionModel`.

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .checkpoints import detect_format, from_siglip, load_original
 from .model import StreamFormerModel, StreamFormerVisionModel
-from .video import FrameSource, VideoReadError, load_clip, video_info
+from .video import FrameSource, VideoReadError, load_clip, segment_indices, video_info
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 Dtype = Literal["float32", "bfloat16"]
@@ -130,7 +130,8 @@ def encode(
     if fps is None:
         clip = load_clip(video, num_frames, size)[None].to(**to_model)
         out = net(clip, max_frames=max_frames, sink_frames=sink_frames)
-        spatial_t, temporal_t, indices = out.last_hidden_state[0], out.pooler_output[0], []
+        indices = segment_indices(video_info(video).num_frames, num_frames)  # the frames load_clip took
+        spatial_t, temporal_t = out.last_hidden_state[0], out.pooler_output[0]
     else:
         source = FrameSource(video, chunk_size=chunk_size, fps=fps, size=size)
         cache = net.new_cache(max_frames=max_frames, sink_frames=sink_frames)

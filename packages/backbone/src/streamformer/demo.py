@@ -1,4 +1,4 @@
-"""`make demo`: write a synthetic video, stream it through a tiny StreamFormer with the cache.
+"""`make stream-demo`: write a synthetic video, stream it through a tiny StreamFormer with the cache.
 
 Prints per-frame outputs and timings and saves a plot. (The pretraining package replaces the
 random tiny model with one trained on the synthetic world.)
