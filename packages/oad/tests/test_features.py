@@ -218,6 +218,14 @@ def test_extract_resumes_and_skips_broken_videos(tmp_path, model_dir, model, cap
     with pytest.raises(ValueError, match="backbone is unknown"):
         extract_features(model_dir, videos, out, accelerator="cpu", devices=1, progress=False)
 
+    # A run that cannot start does not claim a new folder for its settings.
+    fresh = tmp_path / "fresh"
+    with pytest.raises(FileNotFoundError):
+        extract_features(tmp_path / "no-such-model", videos, fresh, accelerator="cpu", progress=False)
+    with pytest.raises(ValueError, match="stream protocol"):
+        extract_features(model_dir, videos, fresh, protocol="chunks", window=8, accelerator="cpu", progress=False)
+    assert not (fresh / "extraction.json").exists()
+
 
 def test_save_npy_atomic_never_leaves_a_partial_file(tmp_path, monkeypatch):
     target = tmp_path / "s.npy"

@@ -89,10 +89,6 @@ def feature_frames(num_frames: int, chunk: int = 6, grid: Grid = "linspace") -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# The temporal branch switch (ablation: the same backbone without its temporal branch)
-
-
-# ---------------------------------------------------------------------------------------------
 # Frames
 
 
@@ -159,6 +155,15 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def check_options(protocol: Protocol, window: int | None, sink_frames: int, frames_per_forward: int) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "chunks" and (window is not None or sink_frames):
+        raise ValueError("window/sink_frames apply to the stream protocol (chunks are independent clips)")
+    if frames_per_forward < 1:
+        raise ValueError(f"frames_per_forward must be >= 1, got {frames_per_forward}")
+
+
 def video_features(
     model: StreamFormerVisionModel,
     frames: Tensor | ResampledFrames,
@@ -181,12 +186,7 @@ def video_features(
         frames_per_forward: frames per forward call (stream: frames fed to the cache at once;
             chunks: frames_per_forward // chunk clips batched). Does not change the result.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if protocol == "chunks" and (window is not None or sink_frames):
-        raise ValueError("window/sink_frames apply to the stream protocol (chunks are independent clips)")
-    if frames_per_forward < 1:
-        raise ValueError(f"frames_per_forward must be >= 1, got {frames_per_forward}")
+    check_options(protocol, window, sink_frames, frames_per_forward)
     ends = feature_frames(len(frames), chunk, grid)
     device, dtype = model.device, _model_dtype(model)
     parts: list[Tensor] = []
@@ -284,8 +284,7 @@ class FeatureExtractor(L.LightningModule):
         temporal: bool = True,
     ) -> None:
         super().__init__()
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        check_options(protocol, window, sink_frames, frames_per_forward)
         if protocol == "stream" and model.config.temporal_position == "interpolate":
             raise ValueError("the stream protocol needs temporal_position='clamp' (an 'interpolate' model cannot stream)")
         self.model = model.eval()
@@ -453,6 +452,9 @@ def extract_features(
         whose video could not be decoded (no file written; a re-run tries them again).
     """
     pairs = list_videos(videos)
+    # Model and options are checked before the folder is claimed for these settings.
+    model = load_model(str(model_path))
+    module = FeatureExtractor(model, protocol, chunk, grid, window, sink_frames, frames_per_forward, temporal)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = dict(
@@ -467,8 +469,6 @@ def extract_features(
     )
     if not todo:
         return summary
-    model = load_model(str(model_path))
-    module = FeatureExtractor(model, protocol, chunk, grid, window, sink_frames, frames_per_forward, temporal)
     loader = DataLoader(
         VideoFeatureDataset(todo, model.config.image_size, fps),
         batch_size=batch_size,
