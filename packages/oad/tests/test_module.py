@@ -93,6 +93,8 @@ def test_checkpoint_holds_ema_weights_and_plots(trained, tmp_path):
     restored = OnlineActionDetection.load_from_checkpoint(checkpoint, map_location="cpu")
     for name, value in run.model.state_dict().items():  # after fit the module holds the EMA average
         torch.testing.assert_close(restored.state_dict()[name], value)
+    raw = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert raw["averaging_state"]["n_averaged"] == run.trainer.global_step  # the average took in every step
     assert plot(checkpoint, output=str(tmp_path / "scores.png")).stat().st_size > 10_000
 
 

@@ -1,6 +1,6 @@
 """The synthetic OAD demo behind `make oad-demo`, and the per-frame score plot.
 
-The demo extracts three feature sets of the synthetic world with the pretrained tiny backbone,
+The demo extracts four feature sets of the synthetic world with the pretrained tiny backbone,
 trains MAT on each with the same config, and reports per-frame online mAP (and the paper's
 window mode) against chance:
 
@@ -111,7 +111,7 @@ def run_demo(
     output: str = "runs/oad",
     docs: str = "docs/oad",
 ) -> dict[str, dict[str, float]]:
-    """Extract the three feature sets, train MAT on each, print and save the comparison.
+    """Extract the four feature sets, train MAT on each, print and save the comparison.
 
     Args:
         backbone: the pretrained backbone directory (`streamformer-pretrain export`).

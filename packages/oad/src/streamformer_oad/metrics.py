@@ -4,7 +4,7 @@
 - `perstage_average_precision`: the same scores restricted to deciles of every action instance.
 
 AP is scikit-learn's `average_precision_score` (step-wise, non-interpolated, tied scores form one
-threshold), re-implemented in numpy so that the package does not need scikit-learn.
+threshold), through torchmetrics.
 
 Convention for a class without positive rows (it cannot happen in `perframe_average_precision`,
 which skips such classes; it can in `perstage_average_precision`, which has no such filter, when a
@@ -21,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torchmetrics.functional.classification import binary_average_precision
 
 Metric = Literal["AP", "cAP"]
 ArrayLike = np.ndarray | torch.Tensor
@@ -45,23 +46,16 @@ def _check_binary(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.
 
 
 def average_precision(labels: ArrayLike, scores: ArrayLike) -> float:
-    """Non-interpolated AP of one class: Σ over score thresholds of (recall step) × precision.
+    """Non-interpolated AP of one class: Σ over score thresholds of (recall step) × precision
+    (torchmetrics' `binary_average_precision`, computed in float64).
 
     labels: (N,) 0/1; scores: (N,). Rows with tied scores form one threshold, as in scikit-learn.
     Returns 0.0 when there is no positive row.
     """
     labels, scores = _check_binary(labels, scores)
-    num_positives = labels.sum()
-    if num_positives == 0:
+    if labels.sum() == 0:
         return 0.0
-    order = np.argsort(-scores, kind="stable")
-    scores, labels = scores[order], labels[order]
-    # one operating point per distinct score: the last row of every run of tied scores
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    true_positives = np.cumsum(labels)[last_of_tie]
-    precision = true_positives / (last_of_tie + 1)
-    recall_steps = np.diff(true_positives, prepend=0.0) / num_positives
-    return float(np.sum(recall_steps * precision))
+    return binary_average_precision(torch.from_numpy(scores), torch.from_numpy(labels).long()).item()
 
 
 def calibrated_average_precision(labels: ArrayLike, scores: ArrayLike) -> float:
