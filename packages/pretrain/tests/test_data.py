@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,6 +49,11 @@ def test_labels_follow_the_scene_ground_truth(world):
         truth = torch.as_tensor(scene.frame_labels())
         # frame labels are class ids of the world's action names; background -1
         assert torch.equal(item["frame_labels"], truth), sample["video_id"]
+    ar = datasets["ar"]
+    for index, (path, _) in enumerate(ar.samples):
+        position = world.train_ids.index(Path(path).stem)
+        scene = sample_scene(np.random.default_rng([0, 0, position]), world.config)
+        assert ar.get(index, seed=0)["label"] == ACTIONS.index(scene.main_segment.action), path  # the clip's action
 
 
 def test_broken_video_is_skipped_named_and_counted(world, tmp_path, caplog):
