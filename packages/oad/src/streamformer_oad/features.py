@@ -269,7 +269,8 @@ class FeatureExtractor(L.LightningModule):
     """Predict-only module: `predict_step` maps a batch of videos to their [L, D] float32 features.
 
     Each result is {"session", "path", "features": np.ndarray | None, "error": str | None}.
-    Arguments as `video_features`; `temporal=False` zeroes the temporal gates (`StreamFormerVisionModel.disable_temporal`).
+    Arguments as `video_features`; `temporal=False` zeroes the temporal gates of `model` itself
+    (`StreamFormerVisionModel.disable_temporal`, in place: pass a copy to keep the original).
     """
 
     def __init__(
