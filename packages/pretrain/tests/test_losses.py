@@ -46,7 +46,7 @@ def test_retrieval_shards_sum_to_the_global_loss():
     video, text = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
     logits = TaskLogits(scale=1.0, bias=-1.0)
     whole = retrieval_loss(logits, video, text)
-    shards = [retrieval_loss(logits, video[r * 2 : (r + 1) * 2], text, rank=r) for r in range(2)]
+    shards = [retrieval_loss(logits, video[r * 2 : (r + 1) * 2], text, offset=2 * r) for r in range(2)]
     torch.testing.assert_close(torch.stack(shards).mean(), whole)
     # And the global loss is SigLIP's: positives on the diagonal only.
     scores = F.normalize(video, dim=-1) @ F.normalize(text, dim=-1).t() * math.e - 1
@@ -96,12 +96,12 @@ def test_vis_softmax_ignores_background_and_sigmoid_does_not():
 def test_rvos_own_expression():
     captions = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # global batch of 2 expressions; local sample is rank 1's
     mask = torch.tensor([[[[0, 1], [0, 1]]]])
-    sig = rvos_loss(unit_logits(), _dense_case(), captions, mask, "sigmoid", rank=1)
+    sig = rvos_loss(unit_logits(), _dense_case(), captions, mask, "sigmoid", offset=1)
     own = torch.tensor([0.0, 1.0, 0.0, 0.0])  # cos with expression 1 per patch
     per_pixel = -F.logsigmoid((mask.flatten().float() * 2 - 1) * own)
     expected = (per_pixel[mask.flatten().bool()].mean() + per_pixel[~mask.flatten().bool()].mean()) / 2
     torch.testing.assert_close(sig, expected)
-    ce = rvos_loss(unit_logits(), _dense_case(), captions, mask, "softmax", rank=1)
+    ce = rvos_loss(unit_logits(), _dense_case(), captions, mask, "softmax", offset=1)
     scores = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]])
     expected = F.cross_entropy(scores[[1, 3]], torch.tensor([1, 1]))
     torch.testing.assert_close(ce, expected)

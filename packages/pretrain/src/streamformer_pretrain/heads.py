@@ -69,22 +69,30 @@ class DenseProjection(nn.Module):
         return y + self.head_mlp(self.head_layernorm(y))
 
 
-def gather_across_ranks(x: Tensor, with_grad: bool) -> Tensor:
-    """Concatenate `x` [B, ...] of every rank in rank order -> [W*B, ...] (identity without a
-    process group). With `with_grad`, gradients flow back to every rank's `x`; without, only to
-    the local part (the other ranks' parts are constants)."""
+def gather_across_ranks(x: Tensor, with_grad: bool) -> tuple[Tensor, int]:
+    """Concatenate `x` [B, ...] of every rank in rank order -> ([sum of B, ...], offset of the local
+    rows in it); identity and offset 0 without a process group. Ranks may hold different B (a
+    batch that lost broken samples). With `with_grad`, gradients flow back to every rank's `x`;
+    without, only to the local part (the other ranks' parts are constants)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
+        return x, 0
+    rank, world = dist.get_rank(), dist.get_world_size()
+    sizes = [torch.zeros((), dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor(len(x), device=x.device))
+    sizes = [int(size) for size in sizes]
+    longest = max(sizes)
+    padded = torch.cat([x, x.new_zeros(longest - len(x), *x.shape[1:])]).contiguous()  # all_gather needs equal shapes
     if with_grad:  # backward reduce-scatters: each rank's x gets the gradient of every rank's loss
         from torch.distributed._functional_collectives import all_gather_tensor_autograd
 
-        return all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[dist.get_rank()] = x
-    return torch.cat(parts)
+        parts = list(all_gather_tensor_autograd(padded, gather_dim=0, group=dist.group.WORLD).split(longest))
+    else:
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.detach())
+        parts[rank] = padded
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)]), sum(sizes[:rank])
 
 
 def classification_loss(logits: TaskLogits, video: Tensor, classes: Tensor, labels: Tensor) -> Tensor:
@@ -94,14 +102,15 @@ def classification_loss(logits: TaskLogits, video: Tensor, classes: Tensor, labe
     return sigmoid_loss(scores, positive) / video.shape[0]
 
 
-def retrieval_loss(logits: TaskLogits, video: Tensor, text: Tensor, rank: int = 0) -> Tensor:
-    """Video [B, D] vs the captions of every rank [W*B, D] (gathered with gradients); the positive of
-    local sample i is caption rank*B + i, all others are negatives. Divided by the local B, so the
-    mean over ranks equals the single-process loss on the global batch."""
+def retrieval_loss(logits: TaskLogits, video: Tensor, text: Tensor, offset: int = 0) -> Tensor:
+    """Video [B, D] vs the captions of every rank [N, D] (`gather_across_ranks`, with gradients);
+    the positive of local sample i is caption offset + i, all others are negatives. Divided by the
+    local B, so with equal batches the mean over ranks equals the single-process loss on the global
+    batch."""
     b = video.shape[0]
     scores = logits(video, text, "bd,nd->bn")
     positive = torch.zeros_like(scores, dtype=torch.bool)
-    positive[torch.arange(b), rank * b + torch.arange(b)] = True
+    positive[torch.arange(b), offset + torch.arange(b)] = True
     return sigmoid_loss(scores, positive) / b
 
 
@@ -221,9 +230,12 @@ def vis_loss(logits: TaskLogits, grid: Tensor, classes: Tensor, mask: Tensor, mo
     return balanced_sigmoid_loss(scores[:, :, 1:], positive, on_object)
 
 
-def rvos_loss(logits: TaskLogits, grid: Tensor, captions: Tensor, mask: Tensor, mode: SegmentationLoss, rank: int = 0) -> Tensor:
+def rvos_loss(
+    logits: TaskLogits, grid: Tensor, captions: Tensor, mask: Tensor, mode: SegmentationLoss, offset: int = 0
+) -> Tensor:
     """Referring segmentation: mask embeddings [B, T, h, w, D] vs the global batch's expressions
-    [W*B, D]; sample i's own expression is rank*B + i; mask [B, T, S, S] is its object.
+    [N, D] (`gather_across_ranks`); sample i's own expression is offset + i; mask [B, T, S, S] is its
+    object.
 
     softmax (original): at foreground pixels, cross-entropy over all expressions (background
     ignored), averaged per sample as the reference states (a mean over the batch's pixels would
@@ -232,7 +244,7 @@ def rvos_loss(logits: TaskLogits, grid: Tensor, captions: Tensor, mask: Tensor, 
     (positives and negatives weighted equally).
     """
     b = grid.shape[0]
-    own = rank * b + torch.arange(b, device=grid.device)
+    own = offset + torch.arange(b, device=grid.device)
     if mode == "softmax":
         scores = mask_scores(logits, grid, captions, mask.shape[-1])  # [B, T, K, S, S]
         return masked_cross_entropy(scores, torch.where(mask.bool(), own[:, None, None, None].expand_as(mask), -1))

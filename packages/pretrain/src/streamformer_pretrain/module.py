@@ -258,12 +258,11 @@ class StreamFormerPretraining(L.LightningModule):
     def task_loss(self, batch: dict[str, Any]) -> Tensor:
         task, logits = batch["task"], self.task_logits[batch["task"]]
         out = self.model.timesformer(batch["video"])
-        rank = self.global_rank
         if task == "ar":
             return classification_loss(logits, out.global_output, self.class_embeddings("ar"), batch["label"])
         if task == "retrieval":
-            text = gather_across_ranks(self.embed_texts(batch["caption"]), with_grad=True)
-            return retrieval_loss(logits, out.global_output, text, rank)
+            text, offset = gather_across_ranks(self.embed_texts(batch["caption"]), with_grad=True)
+            return retrieval_loss(logits, out.global_output, text, offset)
         if task == "grounding":
             return grounding_loss(logits, out.pooler_output, self.embed_texts(batch["caption"]), batch["frame_labels"])
         if task == "localization":
@@ -271,8 +270,8 @@ class StreamFormerPretraining(L.LightningModule):
         grid = self.mask_embeddings(out.last_hidden_state, batch["video"])
         if task == "vis":
             return vis_loss(logits, grid, self.class_embeddings("vis"), batch["mask"], self.hparams.segmentation_loss)
-        captions = gather_across_ranks(self.embed_texts(batch["caption"]), with_grad=False)
-        return rvos_loss(logits, grid, captions, batch["mask"], self.hparams.segmentation_loss, rank)
+        captions, offset = gather_across_ranks(self.embed_texts(batch["caption"]), with_grad=False)
+        return rvos_loss(logits, grid, captions, batch["mask"], self.hparams.segmentation_loss, offset)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         if batch["skipped"]:
