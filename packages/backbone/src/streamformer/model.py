@@ -244,7 +244,8 @@ class StreamFormerLayer(nn.Module):
         x = x + self.drop_path(torch.tanh(self.temporal_attention_gating) * self.temporal(x, context, implementation))
         spatial = self.attention(self.layernorm_before(x).view(b * t, n, d), implementation)
         x = x + self.drop_path(spatial.view(b, t, n, d))
-        mlp = self.dropout(self.output.dense(self.dropout(self.activation(self.intermediate.dense(self.layernorm_after(x))))))
+        hidden = self.dropout(self.activation(self.intermediate.dense(self.layernorm_after(x))))
+        mlp = self.dropout(self.output.dense(hidden))
         return x + self.drop_path(mlp)
 
 
