@@ -1,11 +1,19 @@
-"""Training through Lightning: one run end to end, and a killed run that resumes exactly."""
+"""Training through Lightning: one run end to end, a killed run that resumes exactly, and DDP
+ranks that stay in step when one rank's batch is all broken."""
+
+import os
+import socket
+from datetime import timedelta
 
 import lightning as L
 import pytest
 import torch
+import torch.multiprocessing as mp
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
 
 from streamformer_pretrain import MultiTaskDataModule, StreamFormerPretraining
+from streamformer_pretrain.data import MultiTaskDataset
 
 TINY = dict(
     image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -33,12 +41,13 @@ class Recorder(Callback):
             raise Killed
 
 
-def make(world, tmp_path, *callbacks, **model_args):
+def make(world, tmp_path, *callbacks, trainer_args=None, **model_args):
     data = MultiTaskDataModule(root=str(world.root), tasks=("ar", "grounding", "rvos"), num_frames=4, image_size=32, batch_size=4)
     module = StreamFormerPretraining(config=TINY, text_warmup_steps=5, lr=1e-3, **model_args)
     trainer = L.Trainer(
-        max_epochs=2, accelerator="cpu", devices=1, use_distributed_sampler=False, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, callbacks=list(callbacks),
+        **{"max_epochs": 2, "accelerator": "cpu", "devices": 1, **(trainer_args or {})},
+        use_distributed_sampler=False, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path, callbacks=list(callbacks),
     )  # fmt: skip
     return data, module, trainer
 
@@ -130,3 +139,46 @@ def test_a_pretrained_model_takes_the_runs_temporal_rule(world, tmp_path):
         module = StreamFormerPretraining(pretrained=str(tmp_path / "init"), temporal=temporal)
         module.build(data, warm_up_text=False)
         assert module.model.timesformer.config.enable_causal_temporal is causal
+
+
+class Weights(Callback):
+    """All parameters, flattened, before training and after every optimizer step."""
+
+    def on_train_start(self, trainer, module):
+        self.after = [torch.cat([p.detach().flatten() for p in module.parameters()])]
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.after.append(torch.cat([p.detach().flatten() for p in module.parameters()]))
+
+
+def _ddp_worker(rank: int, port: int, world, tmp_path, results) -> None:
+    """One of two DDP ranks (launched here, as torchrun would); every sample of rank 1's first
+    batch is broken (what `TaskDataset.get` returns for an unreadable video)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0")
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
+    calls = iter(range(4 if rank == 1 else 0))
+    get = MultiTaskDataset.__getitem__
+    MultiTaskDataset.__getitem__ = lambda self, key: None if next(calls, None) is not None else get(self, key)
+    weights = Weights()
+    data, module, trainer = make(
+        world, tmp_path, weights,
+        trainer_args=dict(max_steps=3, devices=2, strategy=DDPStrategy(find_unused_parameters=True, timeout=timedelta(seconds=60))),
+    )  # fmt: skip
+    trainer.fit(module, data)
+    results[rank] = weights.after
+
+
+def test_a_rank_whose_batch_is_all_broken_skips_the_step_with_every_rank(world, tmp_path):
+    """Rank 1 has no loss to return; alone, it would leave rank 0 waiting in the step's gathers
+    and gradient all-reduce (and Lightning refuses a step without a loss under DDP)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(port, world, tmp_path, results), nprocs=2, join=True)
+    for rank in (0, 1):
+        start, *steps = results[rank]
+        assert len(steps) == 3
+        assert torch.equal(steps[0], start)  # the first step moved nothing on either rank
+        assert not torch.equal(steps[1], steps[0])  # the next ones trained
+        torch.testing.assert_close(steps[-1], results[0][-1])  # and the replicas stayed equal

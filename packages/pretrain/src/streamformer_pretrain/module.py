@@ -165,6 +165,7 @@ class StreamFormerPretraining(L.LightningModule):
         self.dense: DenseProjection | None = None
         self.pixel_decoder: PixelDecoder | None = None
         self.class_texts: dict[str, list[list[str]]] = {}
+        self._step_has_data = False  # whether a batch of the coming optimizer step had samples
 
     # -- model ----------------------------------------------------------------------------------
 
@@ -273,17 +274,29 @@ class StreamFormerPretraining(L.LightningModule):
         captions, offset = gather_across_ranks(self.embed_texts(batch["caption"]), with_grad=False)
         return rvos_loss(logits, grid, captions, batch["mask"], self.hparams.segmentation_loss, offset)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if batch["skipped"]:
             self.log("data/skipped", float(batch["skipped"]), reduce_fx="sum", on_step=True)
-        if batch["task"] is None:
-            return None  # every sample of the batch was broken (logged by name)
+        # A batch whose every sample was broken (each named in the log) contributes nothing. Every
+        # DDP rank must still run the same collectives and backward, so when any rank has no
+        # samples all ranks take a zero loss, and `on_before_optimizer_step` drops the gradients.
+        if not self.trainer.strategy.reduce_boolean_decision(batch["task"] is not None, all=True):
+            self.log("data/empty_batches", 1.0, reduce_fx="sum", on_step=True, batch_size=1)
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         loss = self.task_loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite {batch['task']} loss at step {self.global_step}")
         self.log(f"train/{batch['task']}", loss, on_step=True, batch_size=len(batch["video"]))
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=len(batch["video"]))
+        self._step_has_data = True
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """No gradient at all when every batch of this step was empty: AdamW then leaves the
+        weights and its moments alone, where a zero gradient would still move them."""
+        if not self._step_has_data:
+            optimizer.zero_grad(set_to_none=True)
+        self._step_has_data = False
 
     def total_steps(self) -> int:
         """Optimizer steps of the whole run, from the sampler's length. (Not
