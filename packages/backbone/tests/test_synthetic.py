@@ -276,7 +276,7 @@ def test_motion_defines_the_class():
     for scene in scenes(60):
         masks = scene.render().masks
         for segment in scene.segments:
-            x0, y0, a0 = centroid_and_area(masks[segment.actor, segment.start])
+            x0, y0, a0 = centroid_and_area(masks[segment.actor, segment.start - 1])  # the start state
             x1, y1, a1 = centroid_and_area(masks[segment.actor, segment.end - 1])
             check = {
                 "moving left": x1 < x0 - 10 and abs(y1 - y0) < 1 and same_size(a0, a1),
@@ -291,6 +291,12 @@ def test_motion_defines_the_class():
             assert check[segment.action], (segment, (x0, y0, a0), (x1, y1, a1))
             middle = masks[segment.actor, (segment.start + segment.end) // 2]
             assert middle.any()  # the object is on screen mid-action
+            # A causal model can see the action from its first frame: each frame of the window has
+            # moved on from the one before it, and the frame after the window repeats the last.
+            actor = scene.objects[segment.actor]
+            state = np.stack([actor.x, actor.y, actor.radius], axis=1)[segment.start - 1 : segment.end + 1]
+            steps = np.abs(np.diff(state, axis=0)).sum(axis=1)
+            assert (steps[: segment.end - segment.start] > 0).all() and (steps[segment.end - segment.start :] == 0).all()
             bystanders = np.delete(masks, segment.actor, axis=0)[:, segment.start : segment.end]
             assert all((b == b[0]).all() for b in bystanders)  # one object acts at a time
             seen.add(segment.action)
@@ -314,7 +320,7 @@ def test_single_frames_do_not_reveal_the_action():
     for scene in scenes(1200):
         for segment in scene.segments:
             obj = scene.objects[segment.actor]
-            t = (segment.start + segment.end - 1) / 2
+            t = (segment.start + segment.end) / 2 - 1  # the path runs from frame start - 1 to end - 1
             mid[segment.action].append([np.interp(t, np.arange(len(obj.x)), v) for v in (obj.x, obj.y, obj.radius)])
             pooled[segment.action].append([obj.x.mean(), obj.y.mean(), obj.radius.mean()])
     for action, partner in REVERSED_ACTION.items():

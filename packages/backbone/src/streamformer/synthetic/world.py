@@ -262,7 +262,9 @@ def _sample_object(
     progress = np.zeros(num_frames)
     if window is not None:
         start, end = window
-        progress = np.clip((np.arange(num_frames) - start) / (end - 1 - start), 0, 1)
+        # Each frame of the window moves on from the one before it, so a causal model can see the
+        # action from its first frame; the first frame after the window repeats the last.
+        progress = np.clip((np.arange(num_frames) - start + 1) / (end - start), 0, 1)
     track = action_track(action, progress, radius, distance)
     extent = np.abs(track[:, :2]).max(axis=0) + track[:, 2].max()
     centre = rng.uniform(extent + 1, size - 1 - extent)
