@@ -30,6 +30,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from streamformer.video import open_video, preprocess, read_frames, segment_indices
 
+from .transforms import resized_crop, short_side_crop
+
 logger = logging.getLogger(__name__)
 
 TASKS = ("ar", "retrieval", "grounding", "localization", "vis", "rvos")
@@ -40,7 +42,8 @@ class ClipOptions:
     num_frames: int = 16
     image_size: int = 224
     train: bool = True
-    hflip: bool = False  # paired horizontal flip at train time (never for direction-sensitive text)
+    augment: bool = False  # the original's training crops and RandAugment (`transforms`); off: resize to a square
+    hflip: bool = False  # paired horizontal flips at train time, in the tasks the original flips
     cache_videos: bool = False  # keep every decoded video in memory (small data sets only, see `Video`)
 
 
@@ -89,6 +92,11 @@ class TaskDataset(Dataset):
     """Base: `samples` from an annotation file; `load(sample, generator)` builds one training item."""
 
     task: str
+    # The original's training transform of this task (section 7): "short_side" (resize the short
+    # side, random crop), "near_masks" (the same, paired with the masks, the crop drawn around
+    # them) or "resized" (RandAugment and a random-resized crop); and whether it flips the clips.
+    crop: str = "short_side"
+    flips: bool = False
 
     def __init__(self, options: ClipOptions) -> None:
         self.options = options
@@ -112,28 +120,47 @@ class TaskDataset(Dataset):
             logger.warning("skipping %s sample %s: %s", self.task, self.name(index), error)
             return None
         item["task"] = self.task
-        if self.options.train and self.options.hflip and torch.rand((), generator=generator) < 0.5:
+        if self.options.train and self.options.hflip and self.flips and torch.rand((), generator=generator) < 0.5:
             item["video"] = item["video"].flip(-1)
             if "mask" in item:
                 item["mask"] = item["mask"].flip(-1)
         return item
 
-    def clip(self, path: str | Path, generator: torch.Generator, start: float = 0.0, end: float | None = None):
-        """Frames [T, 3, S, S], their frame indices and the video's fps, sampled one per segment of
-        the [start, end] seconds window (the whole video by default); random frame per segment
-        when training, middle frame otherwise."""
+    def frames(self, path: str | Path, generator: torch.Generator, start: float = 0.0, end: float | None = None):
+        """Decoded frames uint8 [T, H, W, 3], their frame indices and the video's fps, sampled one
+        per segment of the [start, end] seconds window (the whole video by default); random frame
+        per segment when training, middle frame otherwise."""
         video = open_clip_video(path, self.options.cache_videos)
         first = min(video.num_frames - 1, int(start * video.fps))
         last = video.num_frames if end is None else max(first + 1, min(video.num_frames, int(np.ceil(end * video.fps))))
         offsets = segment_indices(last - first, self.options.num_frames, generator if self.options.train else None)
         indices = [first + i for i in offsets]
-        return preprocess(video.read(indices), self.options.image_size), indices, video.fps
+        return video.read(indices), indices, video.fps
+
+    def clip(self, path: str | Path, generator: torch.Generator, start: float = 0.0, end: float | None = None):
+        """`frames`, transformed to the model's input [T, 3, S, S]."""
+        frames, indices, fps = self.frames(path, generator, start, end)
+        return self.transform(frames, generator)[0], indices, fps
+
+    def transform(self, frames: Tensor, generator: torch.Generator, masks: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """uint8 frames [T, H, W, 3] and their masks [T, H, W] -> [T, 3, S, S] and [T, S, S]: the
+        task's training transform with `augment`, otherwise a resize to S x S."""
+        size = self.options.image_size
+        if self.options.train and self.options.augment:
+            if self.crop == "resized":
+                if masks is not None:
+                    raise ValueError("the random-resized crop does not transform masks")
+                return resized_crop(frames, size, generator), None
+            return short_side_crop(frames, size, generator, masks, near_masks=self.crop == "near_masks")
+        return preprocess(frames, size), None if masks is None else _resize_masks(masks, size)
 
 
 class ActionRecognitionDataset(TaskDataset):
     """Kinetics/SSv2 CSV without header: `relative_video_path,class_name`; `label2id.json` {name: id}."""
 
     task = "ar"
+    crop = "resized"
+    flips = True
 
     def __init__(self, csv_path: str, prefix: str, label2id: str, options: ClipOptions = ClipOptions()) -> None:
         super().__init__(options)
@@ -154,6 +181,7 @@ class RetrievalDataset(TaskDataset):
     """CSV with header `video_id,dataset,text`; `text` a Python list of captions (one drawn per access)."""
 
     task = "retrieval"
+    flips = True
     _EXTENSIONS = {"LSMDC": ".avi", "MSVD": ".avi"}
 
     def __init__(self, csv_path: str, video_root: str, options: ClipOptions = ClipOptions()) -> None:
@@ -264,6 +292,8 @@ class VisDataset(TaskDataset):
     """
 
     task = "vis"
+    crop = "near_masks"
+    flips = True
 
     def __init__(
         self, json_path: str, frame_root: str, label2id: str, dataset: str, options: ClipOptions = ClipOptions()
@@ -297,11 +327,8 @@ class VisDataset(TaskDataset):
                     semantic[t][torch.from_numpy(_decode_rle(seg, h, w)).bool()] = ann["category_id"]
         if not semantic.any():
             raise ValueError("empty mask in every sampled frame")
-        return {
-            "video": preprocess(frames, self.options.image_size),
-            "mask": _resize_masks(semantic, self.options.image_size),
-            "dataset": self.dataset,
-        }
+        video, mask = self.transform(frames, generator, semantic)
+        return {"video": video, "mask": mask, "dataset": self.dataset}
 
 
 class ReferringDataset(TaskDataset):
@@ -309,6 +336,7 @@ class ReferringDataset(TaskDataset):
     (per-frame RLE or null), the union over the expression's objects."""
 
     task = "rvos"
+    crop = "near_masks"  # no flips: expressions name left and right
 
     def __init__(self, csv_path: str, video_root: str, mask_root: str, options: ClipOptions = ClipOptions()) -> None:
         super().__init__(options)
@@ -319,7 +347,7 @@ class ReferringDataset(TaskDataset):
         return f"{self.samples[index]['video_id']}: {self.samples[index]['text']}"
 
     def load(self, row, generator):
-        video, indices, _ = self.clip(self.video_root / f"{row['video_id']}.mp4", generator)
+        frames, indices, _ = self.frames(self.video_root / f"{row['video_id']}.mp4", generator)
         target = None
         for anno_id in _literal(row["anno_id"]):
             per_frame = json.loads((self.mask_root / f"{anno_id}.json").read_text())
@@ -332,7 +360,8 @@ class ReferringDataset(TaskDataset):
                 target[t] |= decoded
         if target is None or not target.any():
             raise ValueError("empty mask in every sampled frame")
-        return {"video": video, "caption": row["text"], "mask": _resize_masks(target.long(), self.options.image_size)}
+        video, mask = self.transform(frames, generator, target.long())
+        return {"video": video, "caption": row["text"], "mask": mask}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -56,7 +56,11 @@ class MultiTaskDataModule(L.LightningDataModule):
             built from the data's texts.
         num_frames, image_size: clip shape fed to the model.
         batch_size: per device.
-        hflip: paired horizontal flips at train time (off for data whose text names directions).
+        augment: the original's training transforms (reference section 7): RandAugment and a
+            random-resized crop for AR, short-side resize and a random crop for the others, drawn
+            around the masks for VIS and RVOS. Off (the synthetic world): frames resized to a square.
+        hflip: paired horizontal flips at train time in the tasks the original flips (AR,
+            retrieval, VIS); off for data whose text names directions (SSv2).
         cache_videos: decode each video once and keep it in memory (small data sets such as the
             synthetic world; it halves a tiny model's step time there).
     """
@@ -73,6 +77,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         seed: int = 0,
+        augment: bool = False,
         hflip: bool = False,
         cache_videos: bool = False,
     ) -> None:
@@ -80,7 +85,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.tasks = tuple(tasks)
         self.root = Path(root) if root else None
-        options = ClipOptions(num_frames, image_size, True, hflip, cache_videos)
+        options = ClipOptions(num_frames, image_size, train=True, augment=augment, hflip=hflip, cache_videos=cache_videos)
         if task_files:
             self.train_sets = {task: READERS[task](**task_files[task], options=options) for task in self.tasks}
         elif self.root is not None:
