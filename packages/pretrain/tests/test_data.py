@@ -16,7 +16,7 @@ OPTIONS = ClipOptions(num_frames=8, image_size=32, train=True)
 def test_every_task_reads_with_the_right_shapes(world):
     datasets = synthetic_task_datasets(world.root, "train", OPTIONS)
     expected_keys = {
-        "ar": {"video", "label"},
+        "ar": {"video", "label", "dataset"},
         "retrieval": {"video", "caption"},
         "grounding": {"video", "caption", "frame_labels"},
         "localization": {"video", "frame_labels", "dataset"},

@@ -11,6 +11,7 @@ from (seed, epoch, position): a run's data order and content are reproducible an
 from __future__ import annotations
 
 import ast
+import bisect
 import csv
 import functools
 import hashlib
@@ -28,6 +29,7 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from streamformer.synthetic import DATASET
 from streamformer.video import open_video, preprocess, read_frames, segment_indices
 
 from .transforms import resized_crop, short_side_crop
@@ -82,6 +84,15 @@ def _literal(value: str) -> Any:
         return ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return value  # WebVid-style plain captions
+
+
+def _root_for(roots: str | Path | dict[str, str], dataset: str) -> Path:
+    """The video folder of `dataset`: one folder for every data set, or {data set: folder}."""
+    if not isinstance(roots, dict):
+        return Path(roots)
+    if dataset not in roots:
+        raise KeyError(f"no video root for data set {dataset!r} (roots are given for {sorted(roots)})")
+    return Path(roots[dataset])
 
 
 def _resize_masks(masks: Tensor, size: int) -> Tensor:
@@ -162,11 +173,13 @@ class ActionRecognitionDataset(TaskDataset):
     crop = "resized"
     flips = True
 
-    def __init__(self, csv_path: str, prefix: str, label2id: str, options: ClipOptions = ClipOptions()) -> None:
+    def __init__(
+        self, csv_path: str, prefix: str, label2id: str, dataset: str = "Kinetics", options: ClipOptions = ClipOptions()
+    ) -> None:
         super().__init__(options)
-        self.prefix = Path(prefix)
+        self.prefix, self.dataset = Path(prefix), dataset
         self.label2id: dict[str, int] = json.loads(Path(label2id).read_text())
-        self.class_names = sorted(self.label2id, key=self.label2id.get)
+        self.vocabularies = {dataset: sorted(self.label2id, key=self.label2id.get)}
         self.samples = [(row[0], row[1]) for row in _read_csv(csv_path, header=False)]
 
     def load(self, sample, generator):
@@ -174,19 +187,28 @@ class ActionRecognitionDataset(TaskDataset):
         if name not in self.label2id:
             raise KeyError(f"class {name!r} is not in label2id")
         video, _, _ = self.clip(self.prefix / path, generator)
-        return {"video": video, "label": self.label2id[name]}
+        return {"video": video, "label": self.label2id[name], "dataset": self.dataset}
 
 
 class RetrievalDataset(TaskDataset):
-    """CSV with header `video_id,dataset,text`; `text` a Python list of captions (one drawn per access)."""
+    """CSV with header `video_id,dataset,text`; `text` a Python list of captions (one drawn per access).
+
+    `video_root`: one folder, or {data set: folder}; `trimmed_seconds`: {data set: seconds} read
+    from the start of those videos only (the original keeps DiDeMo's first 30 s)."""
 
     task = "retrieval"
     flips = True
     _EXTENSIONS = {"LSMDC": ".avi", "MSVD": ".avi"}
 
-    def __init__(self, csv_path: str, video_root: str, options: ClipOptions = ClipOptions()) -> None:
+    def __init__(
+        self,
+        csv_path: str,
+        video_root: str | dict[str, str],
+        trimmed_seconds: dict[str, float] | None = None,
+        options: ClipOptions = ClipOptions(),
+    ) -> None:
         super().__init__(options)
-        self.video_root = Path(video_root)
+        self.video_root, self.trimmed_seconds = video_root, dict(trimmed_seconds or {})
         self.samples = _read_csv(csv_path)
 
     def name(self, index):
@@ -196,8 +218,9 @@ class RetrievalDataset(TaskDataset):
         captions = _literal(row["text"])
         captions = [captions] if isinstance(captions, str) else list(captions)
         pick = int(torch.randint(len(captions), (), generator=generator)) if self.options.train else 0
-        path = self.video_root / (row["video_id"] + self._EXTENSIONS.get(row.get("dataset", ""), ".mp4"))
-        video, _, _ = self.clip(path, generator)
+        dataset = row.get("dataset", "")
+        path = _root_for(self.video_root, dataset) / (row["video_id"] + self._EXTENSIONS.get(dataset, ".mp4"))
+        video, _, _ = self.clip(path, generator, end=self.trimmed_seconds.get(dataset))
         return {"video": video, "caption": captions[pick]}
 
 
@@ -207,23 +230,46 @@ class GroundingDataset(TaskDataset):
     The clip covers `window_seconds` around the moment (the moment itself if longer), shifted to
     stay inside the video; a frame is positive when its timestamp lies in a relevant window
     [start, end) (half-open: a frame exactly at the end time belongs to what follows).
+    `video_root` is one folder or {data set: folder}; TaCoS videos are `<id>-cam-002.avi`. The
+    rows of action data sets (FineAction, HACS, ActivityNet) name an action, and their caption
+    gets one of `CAPTION_PREFIXES` in front (at random when training, the first otherwise).
     """
 
     task = "grounding"
+    CAPTION_PREFIXES = (
+        "A video of an action where", "A video showing", "A video that demonstrates", "A video clip of",
+        "A video recording of", "A video featuring", "A video capturing", "A video displaying",
+        "A video presenting", "A video illustrating", "Watch this action where", "Look at this scene showing",
+        "Here is a demonstration of", "This clip captures", "Observe this recording of", "This moment shows",
+        "Witness this scene of",
+    )  # fmt: skip
+    PREFIXED_DATASETS = ("FineAction", "HACS", "ActivityNet")
 
     def __init__(
-        self, csv_path: str, video_root: str, window_seconds: float = 16.0, options: ClipOptions = ClipOptions()
+        self,
+        csv_path: str,
+        video_root: str | dict[str, str],
+        window_seconds: float = 16.0,
+        options: ClipOptions = ClipOptions(),
     ) -> None:
         super().__init__(options)
-        self.video_root = Path(video_root)
+        self.video_root = video_root
         self.window_seconds = window_seconds
         self.samples = _read_csv(csv_path)
 
     def name(self, index):
         return f"{self.samples[index]['video_id']} [{self.samples[index]['start_second']}, {self.samples[index]['end_second']}]"
 
+    def caption(self, row: dict[str, str], generator: torch.Generator) -> str:
+        if row.get("dataset") not in self.PREFIXED_DATASETS:
+            return row["text"]
+        pick = int(torch.randint(len(self.CAPTION_PREFIXES), (), generator=generator)) if self.options.train else 0
+        return f"{self.CAPTION_PREFIXES[pick]} {row['text']}"
+
     def load(self, row, generator):
-        path = self.video_root / f"{row['video_id']}.mp4"
+        dataset = row.get("dataset", "")
+        name = f"{row['video_id']}-cam-002.avi" if dataset == "TaCoS" else f"{row['video_id']}.mp4"
+        path = _root_for(self.video_root, dataset) / name
         start, end = float(row["start_second"]), float(row["end_second"])
         windows = _literal(row["relevant_windows"]) or [[start, end]]
         source = open_clip_video(path, self.options.cache_videos)
@@ -239,27 +285,30 @@ class GroundingDataset(TaskDataset):
         labels = torch.zeros(len(indices), dtype=torch.long)
         for s, e in windows:
             labels |= ((times >= s) & (times < e)).long()
-        return {"video": video, "caption": row["text"], "frame_labels": labels}
+        return {"video": video, "caption": self.caption(row, generator), "frame_labels": labels}
 
 
 class LocalizationDataset(TaskDataset):
-    """CSV as grounding, one row per (video, class); `label2id.json` {dataset: {class: id}}.
+    """CSV as grounding, one row per (video, class); `label2id.json` {dataset: {class: id}}, one
+    class vocabulary per data set (each sample is scored against its own data set's classes).
 
     Rows of one video are merged, so every frame carries its own class (-1 = background).
+    `video_root` is one folder or {data set: folder}; HACS videos are `v_<id>.mp4`.
     """
 
     task = "localization"
 
-    def __init__(self, csv_path: str, video_root: str, label2id: str, options: ClipOptions = ClipOptions()) -> None:
+    def __init__(
+        self, csv_path: str, video_root: str | dict[str, str], label2id: str, options: ClipOptions = ClipOptions()
+    ) -> None:
         super().__init__(options)
-        self.video_root = Path(video_root)
+        self.video_root = video_root
         self.label2id: dict[str, dict[str, int]] = json.loads(Path(label2id).read_text())
-        if len(self.label2id) != 1:
-            raise ValueError(f"{label2id}: one class vocabulary per reader, got data sets {sorted(self.label2id)}")
-        classes = next(iter(self.label2id.values()))
-        self.class_names = sorted(classes, key=classes.get)
+        self.vocabularies = {dataset: sorted(classes, key=classes.get) for dataset, classes in self.label2id.items()}
         videos: dict[str, dict[str, Any]] = {}
         for row in _read_csv(csv_path):
+            if row["dataset"] not in self.label2id:
+                raise ValueError(f"{csv_path}: data set {row['dataset']!r} has no classes in {label2id}")
             entry = videos.setdefault(row["video_id"], {"video_id": row["video_id"], "dataset": row["dataset"], "windows": []})
             entry["windows"].append((row["text"], _literal(row["relevant_windows"])))
         self.samples = list(videos.values())
@@ -268,8 +317,10 @@ class LocalizationDataset(TaskDataset):
         return self.samples[index]["video_id"]
 
     def load(self, sample, generator):
-        classes = self.label2id[sample["dataset"]]
-        video, indices, fps = self.clip(self.video_root / f"{sample['video_id']}.mp4", generator)
+        dataset = sample["dataset"]
+        classes = self.label2id[dataset]
+        name = f"v_{sample['video_id']}.mp4" if dataset == "HACS" else f"{sample['video_id']}.mp4"
+        video, indices, fps = self.clip(_root_for(self.video_root, dataset) / name, generator)
         times = torch.tensor(indices, dtype=torch.float64) / fps
         labels = torch.full((len(indices),), -1, dtype=torch.long)
         for name, windows in sample["windows"]:
@@ -302,7 +353,7 @@ class VisDataset(TaskDataset):
         data = json.loads(Path(json_path).read_text())
         self.frame_root, self.dataset = Path(frame_root), dataset
         classes = json.loads(Path(label2id).read_text())[dataset]  # mask values index this order; 0 = background
-        self.class_names = sorted(classes, key=classes.get)
+        self.vocabularies = {dataset: sorted(classes, key=classes.get)}
         annotations: dict[int, list] = {}
         for ann in data["annotations"]:
             annotations.setdefault(ann["video_id"], []).append(ann)
@@ -492,7 +543,59 @@ READERS: dict[str, type[TaskDataset]] = {
     "localization": LocalizationDataset,
     "vis": VisDataset,
     "rvos": ReferringDataset,
-}
+}  # each task's default reader
+READER_CLASSES: dict[str, type[TaskDataset]] = {cls.__name__: cls for cls in READERS.values()}
+
+
+class TaskDatasets(Dataset):
+    """Several data sets of one task read as one (the original's mixtures: Kinetics-400 and SSv2;
+    ActivityNet, HACS and FineAction; ...). Indices run through the readers in order; each
+    sample keeps its data set's name, and so its class vocabulary."""
+
+    def __init__(self, readers: Sequence[TaskDataset]) -> None:
+        if len({reader.task for reader in readers}) != 1:
+            raise ValueError(f"one task per TaskDatasets, got {sorted({reader.task for reader in readers})}")
+        self.task, self.readers = readers[0].task, list(readers)
+        self.starts = np.cumsum([0, *map(len, readers)]).tolist()
+        self.samples = [sample for reader in readers for sample in reader.samples]
+        self.vocabularies: dict[str, list[str]] = {}
+        for reader in readers:
+            for dataset, names in getattr(reader, "vocabularies", {}).items():
+                if self.vocabularies.setdefault(dataset, names) != names:
+                    raise ValueError(f"{self.task}: data set {dataset!r} is read twice with different classes; name each")
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def _locate(self, index: int) -> tuple[TaskDataset, int]:
+        part = bisect.bisect_right(self.starts, index) - 1
+        return self.readers[part], index - self.starts[part]
+
+    def name(self, index: int) -> str:
+        reader, local = self._locate(index)
+        return reader.name(local)
+
+    def get(self, index: int, seed: int) -> dict[str, Any] | None:
+        reader, local = self._locate(index)
+        return reader.get(local, seed)
+
+
+def task_readers(task: str, files: dict[str, Any] | Sequence[dict[str, Any]], options: ClipOptions) -> TaskDataset | TaskDatasets:
+    """The reader of `task` from its `task_files` entry: the reader's arguments, or a list of them
+    (several data sets read as one task). `reader: <class name>` picks a reader other than the
+    task's default (`READERS`)."""
+    readers = []
+    for entry in [files] if isinstance(files, dict) else files:
+        arguments = dict(entry)
+        name = arguments.pop("reader", READERS[task].__name__)
+        reader = READER_CLASSES.get(name)
+        if reader is None or reader.task != task:
+            known = sorted(cls.__name__ for cls in READER_CLASSES.values() if cls.task == task)
+            raise ValueError(f"{task}: no reader {name!r}; the {task} readers are {known}")
+        readers.append(reader(**arguments, options=options))
+    if not readers:
+        raise ValueError(f"{task}: task_files lists no data set")
+    return readers[0] if len(readers) == 1 else TaskDatasets(readers)
 
 
 def synthetic_task_datasets(
@@ -501,16 +604,18 @@ def synthetic_task_datasets(
     """The readers pointed at a synthetic world (`streamformer.synthetic.generate_world`)."""
     root = Path(root)
     builders = {
-        "ar": lambda: ActionRecognitionDataset(root / f"ar/{split}.csv", root, root / "ar/label2id.json", options),
-        "retrieval": lambda: RetrievalDataset(root / f"retrieval/{split}.csv", root / "videos", options),
-        "grounding": lambda: GroundingDataset(root / f"grounding/{split}.csv", root / "videos", 6.0, options),
+        "ar": lambda: ActionRecognitionDataset(
+            root / f"ar/{split}.csv", root, root / "ar/label2id.json", dataset=DATASET, options=options
+        ),
+        "retrieval": lambda: RetrievalDataset(root / f"retrieval/{split}.csv", root / "videos", options=options),
+        "grounding": lambda: GroundingDataset(root / f"grounding/{split}.csv", root / "videos", 6.0, options=options),
         "localization": lambda: LocalizationDataset(
-            root / f"localization/{split}.csv", root / "videos", root / "localization/label2id.json", options
+            root / f"localization/{split}.csv", root / "videos", root / "localization/label2id.json", options=options
         ),
         "vis": lambda: VisDataset(
-            root / f"vis/{split}_Synthetic.json", root / "vis", root / "vis/label2id.json", "Synthetic", options
+            root / f"vis/{split}_{DATASET}.json", root / "vis", root / "vis/label2id.json", DATASET, options=options
         ),
-        "rvos": lambda: ReferringDataset(root / f"rvos/{split}_MEVIS.csv", root / "videos", root / "rvos/masks", options),
+        "rvos": lambda: ReferringDataset(root / f"rvos/{split}_MEVIS.csv", root / "videos", root / "rvos/masks", options=options),
     }
     unknown = set(tasks) - set(builders)
     if unknown:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +16,6 @@ from torch import Tensor, nn
 from streamformer import StreamFormerConfig, StreamFormerModel
 
 from .data import (
-    READERS,
     TASKS,
     ClipOptions,
     MultiTaskDataset,
@@ -23,6 +23,7 @@ from .data import (
     TaskBalancedBatchSampler,
     collate,
     synthetic_task_datasets,
+    task_readers,
 )
 from .heads import (
     DenseProjection,
@@ -51,7 +52,9 @@ class MultiTaskDataModule(L.LightningDataModule):
         tasks: the tasks the model has heads for.
         train_tasks: the tasks batches are drawn from (default: all of `tasks`), for task ablations.
         task_files: for real data sets instead of `root`: per task, the arguments of its reader in
-            `streamformer_pretrain.data` (e.g. `ar: {csv_path, prefix, label2id}`).
+            `streamformer_pretrain.data` (e.g. `ar: {csv_path, prefix, label2id}`), or a list of
+            them to read several data sets as one task; `reader: <class name>` picks another
+            reader of the task (e.g. `CocoPseudoVisDataset`).
         tokenizer: a tokenizer directory (SigLIP's for real data); default: a word-level tokenizer
             built from the data's texts.
         num_frames, image_size: clip shape fed to the model.
@@ -87,7 +90,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.root = Path(root) if root else None
         options = ClipOptions(num_frames, image_size, train=True, augment=augment, hflip=hflip, cache_videos=cache_videos)
         if task_files:
-            self.train_sets = {task: READERS[task](**task_files[task], options=options) for task in self.tasks}
+            self.train_sets = {task: task_readers(task, task_files[task], options) for task in self.tasks}
         elif self.root is not None:
             self.train_sets = synthetic_task_datasets(self.root, "train", options, self.tasks)
         else:
@@ -101,17 +104,16 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     def texts(self) -> list[str]:
         """Every class name, caption and expression of the training data."""
-        texts = [*self.class_names("ar"), *self.class_names("localization"), *self.class_names("vis")]
+        texts = [name for task in ("ar", "localization", "vis") for names in self.vocabularies(task).values() for name in names]
         for dataset in self.train_sets.values():
             for sample in dataset.samples:
                 if isinstance(sample, dict) and "text" in sample:
                     texts.append(sample["text"])
         return texts
 
-    def class_names(self, task: str) -> list[str]:
-        """Class names in id order for the tasks that classify (empty for the others)."""
-        dataset = self.train_sets.get(task)
-        return list(getattr(dataset, "class_names", []))
+    def vocabularies(self, task: str) -> dict[str, list[str]]:
+        """{data set: class names in id order} for the tasks that classify (empty for the others)."""
+        return dict(getattr(self.train_sets.get(task), "vocabularies", {}))
 
     def batch_sampler(self, rank: int = 0, world_size: int = 1) -> TaskBalancedBatchSampler:
         trained = self.hparams.train_tasks or self.tasks
@@ -169,7 +171,7 @@ class StreamFormerPretraining(L.LightningModule):
         self.task_logits = nn.ModuleDict()
         self.dense: DenseProjection | None = None
         self.pixel_decoder: PixelDecoder | None = None
-        self.class_texts: dict[str, list[list[str]]] = {}
+        self.class_texts: dict[str, dict[str, list[list[str]]]] = {}  # task -> data set -> class -> prompts
         self._step_has_data = False  # whether a batch of the coming optimizer step had samples
 
     # -- model ----------------------------------------------------------------------------------
@@ -203,12 +205,15 @@ class StreamFormerPretraining(L.LightningModule):
             if self.hparams.pixel_decoder:
                 self.pixel_decoder = PixelDecoder(model.config.hidden_size)
         self.class_texts = {
-            task: [[t.format(name) for t in templates] for name in datamodule.class_names(task)]
+            task: {
+                dataset: [[t.format(name) for t in templates] for name in names]
+                for dataset, names in datamodule.vocabularies(task).items()
+            }
             for task, templates in (("ar", CLASS_TEMPLATES), ("localization", CLASS_TEMPLATES), ("vis", SEGMENTATION_TEMPLATES))
             if task in datamodule.tasks
         }
         if warm_up_text and not self.hparams.pretrained and self.hparams.text_warmup_steps:
-            groups = [templates for task in self.class_texts.values() for templates in task]
+            groups = [templates for task in self.class_texts.values() for names in task.values() for templates in names]
             groups += [[text, f"a video of {text}", f"{text}."] for text in sorted(set(datamodule.texts()))]
             text_model = model.text_encoder
             text_model.requires_grad_(True)
@@ -240,14 +245,20 @@ class StreamFormerPretraining(L.LightningModule):
         tokens = self.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt").to(self.device)
         return self.model.get_text_features(tokens["input_ids"])
 
-    def class_embeddings(self, task: str) -> Tensor:
-        """[C, D]: per class, the mean of its normalised template embeddings, normalised again.
-        Cached while the text tower is frozen."""
-        cache_name = f"_classes_{task}"
+    def class_embeddings(self, task: str, dataset: str | None = None) -> Tensor:
+        """[C, D] for the classes of `dataset` (may be omitted when the task has one data set): per
+        class, the mean of its normalised template embeddings, normalised again. Cached while the
+        text tower is frozen."""
+        vocabularies = self.class_texts[task]
+        if dataset is None:
+            if len(vocabularies) != 1:
+                raise ValueError(f"{task} has the classes of several data sets ({sorted(vocabularies)}); name one")
+            dataset = next(iter(vocabularies))
+        cache_name = f"_classes_{task}_{dataset}"
         if self.hparams.freeze_text_encoder and hasattr(self, cache_name):
             return getattr(self, cache_name)
         with torch.set_grad_enabled(not self.hparams.freeze_text_encoder and self.training):
-            per_class = [F.normalize(self.embed_texts(templates), dim=-1).mean(0) for templates in self.class_texts[task]]
+            per_class = [F.normalize(self.embed_texts(templates), dim=-1).mean(0) for templates in vocabularies[dataset]]
             embeddings = F.normalize(torch.stack(per_class), dim=-1)
         if self.hparams.freeze_text_encoder:
             setattr(self, cache_name, embeddings.detach())
@@ -265,19 +276,39 @@ class StreamFormerPretraining(L.LightningModule):
         task, logits = batch["task"], self.task_logits[batch["task"]]
         out = self.model.timesformer(batch["video"])
         if task == "ar":
-            return classification_loss(logits, out.global_output, self.class_embeddings("ar"), batch["label"])
+            return self.per_dataset(
+                batch, lambda rows, classes: classification_loss(logits, out.global_output[rows], classes, batch["label"][rows])
+            )
         if task == "retrieval":
             text, offset = gather_across_ranks(self.embed_texts(batch["caption"]), with_grad=True)
             return retrieval_loss(logits, out.global_output, text, offset)
         if task == "grounding":
             return grounding_loss(logits, out.pooler_output, self.embed_texts(batch["caption"]), batch["frame_labels"])
         if task == "localization":
-            return localization_loss(logits, out.pooler_output, self.class_embeddings("localization"), batch["frame_labels"])
+            return self.per_dataset(
+                batch,
+                lambda rows, classes: localization_loss(logits, out.pooler_output[rows], classes, batch["frame_labels"][rows]),
+            )
         grid = self.mask_embeddings(out.last_hidden_state, batch["video"])
         if task == "vis":
-            return vis_loss(logits, grid, self.class_embeddings("vis"), batch["mask"], self.hparams.segmentation_loss)
+            return self.per_dataset(
+                batch,
+                lambda rows, classes: vis_loss(logits, grid[rows], classes, batch["mask"][rows], self.hparams.segmentation_loss),
+            )
         captions, offset = gather_across_ranks(self.embed_texts(batch["caption"]), with_grad=False)
         return rvos_loss(logits, grid, captions, batch["mask"], self.hparams.segmentation_loss, offset)
+
+    def per_dataset(self, batch: dict[str, Any], loss: Callable[[Any, Tensor], Tensor]) -> Tensor:
+        """The batch mean of a per-sample-mean `loss(rows, classes)`, each sample scored against the
+        classes of its own data set (a task may mix data sets, e.g. ActivityNet, HACS and FineAction)."""
+        task, datasets = batch["task"], batch["dataset"]
+        if len(set(datasets)) == 1:
+            return loss(slice(None), self.class_embeddings(task, datasets[0]))
+        total = 0.0
+        for dataset in dict.fromkeys(datasets):
+            rows = torch.tensor([i for i, name in enumerate(datasets) if name == dataset], device=batch["video"].device)
+            total = total + loss(rows, self.class_embeddings(task, dataset)) * len(rows)
+        return total / len(datasets)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if batch["skipped"]:
