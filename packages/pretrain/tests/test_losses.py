@@ -10,6 +10,7 @@ from streamformer_pretrain.heads import (
     TaskLogits,
     classification_loss,
     grounding_loss,
+    limit_classes,
     localization_loss,
     mask_scores,
     retrieval_loss,
@@ -143,3 +144,17 @@ def test_pixel_decoder_starts_as_the_upsampled_patch_grid_and_learns_edges():
     with torch.no_grad():
         decoder.stem[-1].weight.normal_(generator=g)
     assert not torch.allclose(decoder(patches, video), decoder(patches, video.flip(-1)))
+
+
+def test_limit_classes_keeps_background_the_present_classes_and_random_others():
+    classes = torch.randn(150, 4)
+    mask = torch.zeros(2, 3, 8, 8, dtype=torch.long)
+    mask[0, :, :2, :2], mask[1, 1, 4:, 4:] = 5, 120
+    kept, renumbered = limit_classes(classes, mask)
+    assert kept.shape == (100, 4) and torch.equal(kept[0], classes[0])
+    assert torch.equal(kept[renumbered], classes[mask])  # every pixel still points at its own class
+    torch.manual_seed(1)
+    again, _ = limit_classes(classes, mask)
+    assert not torch.equal(kept, again)  # the negatives are drawn anew
+    small, same = limit_classes(classes[:100], mask.clamp(max=99))
+    assert small.shape == (100, 4) and torch.equal(same, mask.clamp(max=99))

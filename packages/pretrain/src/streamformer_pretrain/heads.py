@@ -213,6 +213,28 @@ def masked_cross_entropy(scores: Tensor, target: Tensor) -> Tensor:
     return per_sample.mean()
 
 
+def limit_classes(classes: Tensor, mask: Tensor, limit: int = 100) -> tuple[Tensor, Tensor]:
+    """At most `limit` class embeddings for the VIS loss (LV-VIS has 1196 classes; scoring them all
+    at every pixel does not fit in memory): background (row 0), every class in `mask` [..., S, S]
+    and random others; returns them and `mask` renumbered to their order.
+
+    The original draws per sample and may draw background as a negative class, which then
+    supervises background pixels as that class; here background stays row 0, never a negative."""
+    if classes.shape[0] <= limit:
+        return classes, mask
+    present = mask.unique()
+    present = present[present > 0]
+    others = torch.ones(classes.shape[0], dtype=torch.bool, device=mask.device)
+    others[0] = False
+    others[present] = False
+    candidates = others.nonzero()[:, 0]
+    extra = candidates[torch.randperm(len(candidates), device=mask.device)[: max(0, limit - 1 - len(present))]]
+    keep = torch.cat([present.new_zeros(1), present, extra])
+    renumber = torch.full((classes.shape[0],), -1, dtype=mask.dtype, device=mask.device)
+    renumber[keep] = torch.arange(len(keep), dtype=mask.dtype, device=mask.device)
+    return classes[keep], renumber[mask]
+
+
 def vis_loss(logits: TaskLogits, grid: Tensor, classes: Tensor, mask: Tensor, mode: SegmentationLoss) -> Tensor:
     """Semantic video segmentation: mask embeddings [B, T, h, w, D] vs class embeddings [C, D]
     (index 0 = background), target mask [B, T, S, S] of class ids.

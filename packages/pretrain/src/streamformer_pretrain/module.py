@@ -33,6 +33,7 @@ from .heads import (
     classification_loss,
     gather_across_ranks,
     grounding_loss,
+    limit_classes,
     localization_loss,
     patch_grid,
     retrieval_loss,
@@ -293,7 +294,9 @@ class StreamFormerPretraining(L.LightningModule):
         if task == "vis":
             return self.per_dataset(
                 batch,
-                lambda rows, classes: vis_loss(logits, grid[rows], classes, batch["mask"][rows], self.hparams.segmentation_loss),
+                lambda rows, classes: vis_loss(
+                    logits, grid[rows], *limit_classes(classes, batch["mask"][rows]), self.hparams.segmentation_loss
+                ),
             )
         captions, offset = gather_across_ranks(self.embed_texts(batch["caption"]), with_grad=False)
         return rvos_loss(logits, grid, captions, batch["mask"], self.hparams.segmentation_loss, offset)
