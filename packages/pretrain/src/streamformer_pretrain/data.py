@@ -174,10 +174,17 @@ class ActionRecognitionDataset(TaskDataset):
     flips = True
 
     def __init__(
-        self, csv_path: str, prefix: str, label2id: str, dataset: str = "Kinetics", options: ClipOptions = ClipOptions()
+        self,
+        csv_path: str,
+        prefix: str,
+        label2id: str,
+        dataset: str = "Kinetics",
+        flips: bool = True,
+        options: ClipOptions = ClipOptions(),
     ) -> None:
         super().__init__(options)
         self.prefix, self.dataset = Path(prefix), dataset
+        self.flips = flips  # False for classes that name directions (SSv2; the original flipped it too)
         self.label2id: dict[str, int] = json.loads(Path(label2id).read_text())
         self.vocabularies = {dataset: sorted(self.label2id, key=self.label2id.get)}
         self.samples = [(row[0], row[1]) for row in _read_csv(csv_path, header=False)]

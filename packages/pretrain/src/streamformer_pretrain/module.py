@@ -74,7 +74,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         root: str | None = "runs/world",
         tasks: tuple[str, ...] = TASKS,
         train_tasks: tuple[str, ...] | None = None,
-        task_files: dict[str, dict[str, Any]] | None = None,
+        task_files: dict[str, dict[str, Any] | list[dict[str, Any]]] | None = None,
         tokenizer: str | None = None,
         num_frames: int = 8,
         image_size: int = 32,
