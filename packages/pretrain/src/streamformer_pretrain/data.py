@@ -422,6 +422,164 @@ class ReferringDataset(TaskDataset):
         return {"video": video, "caption": row["text"], "mask": mask}
 
 
+def _decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
+    """A COCO segmentation -> uint8 mask [H, W]: polygons (flat x, y lists), uncompressed or compressed RLE."""
+    if isinstance(segmentation, dict):
+        return _decode_rle(segmentation, height, width)
+    polygons = [p for p in segmentation if len(p) >= 6]  # frPyObjects would read 4 numbers as a box
+    if not polygons:
+        return np.zeros((height, width), dtype=np.uint8)
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))
+
+
+def _pseudo_video(path: Path, mask: Tensor, num_frames: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """An image and its integer mask [H, W] as a still clip: uint8 frames [T, H, W, 3], masks [T, H, W].
+
+    With a `generator` (training) every copy is rotated by its own angle ~ U(-15, 15) degrees about
+    the image centre jittered by up to a tenth of the width and height (frame bilinear, mask
+    nearest, zeros outside), as the original's COCO pseudo-videos; without, the copies are equal.
+    """
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB")
+    if (image.height, image.width) != tuple(mask.shape):
+        raise ValueError(f"image is {image.height}x{image.width}, its annotation {mask.shape[0]}x{mask.shape[1]}")
+    if generator is None:
+        return torch.from_numpy(np.array(image))[None].repeat(num_frames, 1, 1, 1), mask[None].repeat(num_frames, 1, 1)
+    labels = Image.fromarray(mask.numpy().astype(np.int32))  # mode "I": class ids survive the rotation
+    frames, masks = [], []
+    for _ in range(num_frames):
+        angle, dx, dy = (2 * torch.rand(3, generator=generator, dtype=torch.float64) - 1).tolist()
+        centre = (image.width * (0.5 + dx / 10), image.height * (0.5 + dy / 10))
+        frames.append(np.asarray(image.rotate(15 * angle, resample=Image.Resampling.BILINEAR, center=centre)))
+        masks.append(np.asarray(labels.rotate(15 * angle, resample=Image.Resampling.NEAREST, center=centre)))
+    return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(masks)).to(mask.dtype)
+
+
+class CocoPseudoVisDataset(TaskDataset):
+    """COCO instance JSON as VIS pseudo-videos: one annotated image repeated `num_frames` times,
+    each copy randomly rotated at train time (`_pseudo_video`); target = semantic map [T, S, S].
+
+    Category ids are remapped to their 0-based position in `categories`, as the original: the
+    first category (COCO's person) therefore gets id 0, the background, and is never supervised;
+    an image annotated with it alone has an empty mask and is rejected. Instances of a category
+    are OR-ed, later categories win overlaps (as `VisDataset`).
+    """
+
+    task = "vis"
+    crop = "near_masks"
+    flips = True
+
+    def __init__(
+        self,
+        json_path: str,
+        image_root: str,
+        label2id: str,
+        dataset: str = "COCOPseudoVIS",
+        options: ClipOptions = ClipOptions(),
+    ) -> None:
+        super().__init__(options)
+        data = json.loads(Path(json_path).read_text())
+        self.image_root, self.dataset = Path(image_root), dataset
+        classes = json.loads(Path(label2id).read_text())[dataset]  # mask values index this order; 0 = background
+        self.class_names = sorted(classes, key=classes.get)
+        self.category_ids = {category["id"]: position for position, category in enumerate(data["categories"])}
+        annotations: dict[int, list] = {}
+        for ann in data["annotations"]:
+            annotations.setdefault(ann["image_id"], []).append(ann)
+        self.samples = [(image, annotations[image["id"]]) for image in data["images"] if image["id"] in annotations]
+
+    def name(self, index):
+        return self.samples[index][0]["file_name"]
+
+    def load(self, sample, generator):
+        image, anns = sample
+        h, w = image["height"], image["width"]
+        semantic = torch.zeros(h, w, dtype=torch.long)
+        for ann in sorted(anns, key=lambda a: self.category_ids[a["category_id"]]):
+            decoded = torch.from_numpy(_decode_segmentation(ann["segmentation"], h, w)).bool()
+            semantic[decoded] = self.category_ids[ann["category_id"]]
+        frames, masks = _pseudo_video(
+            self.image_root / image["file_name"], semantic, self.options.num_frames, generator if self.options.train else None
+        )
+        if not masks.any():
+            raise ValueError("empty mask in every frame")
+        video, mask = self.transform(frames, generator, masks)
+        return {"video": video, "mask": mask, "dataset": self.dataset}
+
+
+class RefCocoPseudoDataset(TaskDataset):
+    """RefCOCO JSON as RVOS pseudo-videos: `images` (file_name, caption, height, width) and their
+    `annotations` (segmentation) aligned by position; the image repeated as in `CocoPseudoVisDataset`."""
+
+    task = "rvos"
+    crop = "near_masks"  # no flips: expressions name left and right
+
+    def __init__(self, json_path: str, image_root: str, options: ClipOptions = ClipOptions()) -> None:
+        super().__init__(options)
+        data = json.loads(Path(json_path).read_text())
+        self.image_root = Path(image_root)
+        self.samples = list(zip(data["images"], data["annotations"], strict=True))
+
+    def name(self, index):
+        return f"{self.samples[index][0]['file_name']}: {self.samples[index][0]['caption']}"
+
+    def load(self, sample, generator):
+        image, ann = sample
+        target = torch.from_numpy(_decode_segmentation(ann["segmentation"], image["height"], image["width"])).long()
+        frames, masks = _pseudo_video(
+            self.image_root / image["file_name"], target, self.options.num_frames, generator if self.options.train else None
+        )
+        if not masks.any():
+            raise ValueError("empty mask in every frame")
+        video, mask = self.transform(frames, generator, masks)
+        return {"video": video, "caption": image["caption"], "mask": mask}
+
+
+class ReferYoutubeVosDataset(TaskDataset):
+    """Ref-YouTube-VOS CSV `video_id,text,frames,length,obj_id,anno_id`: JPEG frames
+    `frame_root/<video_id>/<frame>.jpg`, palette PNG masks `mask_root/<video_id>/<frame>.png` of
+    object ids; target = union over the expression's `obj_id`s.
+
+    Reads the sampled frames of the `frames` list; the original read the first 16 frames whatever
+    it sampled.
+    """
+
+    task = "rvos"
+    crop = "near_masks"  # no flips: expressions name left and right
+
+    def __init__(self, csv_path: str, frame_root: str, mask_root: str, options: ClipOptions = ClipOptions()) -> None:
+        super().__init__(options)
+        self.frame_root, self.mask_root = Path(frame_root), Path(mask_root)
+        self.samples = _read_csv(csv_path)
+
+    def name(self, index):
+        return f"{self.samples[index]['video_id']}: {self.samples[index]['text']}"
+
+    def load(self, row, generator):
+        from PIL import Image
+
+        names = _literal(row["frames"])
+        objects = [int(i) for i in _literal(row["obj_id"])]
+        indices = segment_indices(len(names), self.options.num_frames, generator if self.options.train else None)
+        frames = np.stack(
+            [np.asarray(Image.open(self.frame_root / row["video_id"] / f"{names[i]}.jpg").convert("RGB")) for i in indices]
+        )
+        masks = []
+        for i in indices:
+            png = Image.open(self.mask_root / row["video_id"] / f"{names[i]}.png")
+            if png.mode not in ("P", "L"):
+                raise ValueError(f"{png.filename}: expected a palette or grey-level PNG, got mode {png.mode}")
+            masks.append(np.isin(np.asarray(png), objects))  # palette indices, not colours: the object ids
+        target = torch.from_numpy(np.stack(masks))
+        if target.shape != frames.shape[:3]:
+            raise ValueError(f"masks {tuple(target.shape)} do not match frames {frames.shape[:3]}")
+        if not target.any():
+            raise ValueError("empty mask in every sampled frame")
+        video, mask = self.transform(torch.from_numpy(frames), generator, target.long())
+        return {"video": video, "caption": row["text"], "mask": mask}
+
+
 # ---------------------------------------------------------------------------------------------
 # Mixing tasks
 
