@@ -168,3 +168,29 @@ def test_losses_score_each_sample_against_its_own_data_sets_classes(world, tmp_p
     assert not torch.isclose(mixed, one_vocabulary)  # HACS ids mean other classes under Synthetic's vocabulary
     with pytest.raises(ValueError, match="several data sets"):
         module.class_embeddings("localization")
+
+
+def test_the_real_recipe_config_names_readers_and_arguments_that_exist():
+    """configs/pretrain/base.yaml cannot run here (no data); its data section must still parse
+    as the DataModule's arguments and every entry bind to the reader it names."""
+    import inspect
+    from pathlib import Path
+
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    from streamformer_pretrain.data import READER_CLASSES, READERS
+
+    config = yaml.safe_load((Path(__file__).parents[3] / "configs/pretrain/base.yaml").read_text())
+    parser = ArgumentParser()
+    parser.add_class_arguments(MultiTaskDataModule)
+    parser.parse_object(config["data"])  # raises on a type the DataModule does not take
+    named = set()
+    for task, files in config["data"]["task_files"].items():
+        for entry in files if isinstance(files, list) else [files]:
+            arguments = dict(entry)
+            reader = READER_CLASSES[arguments.pop("reader", READERS[task].__name__)]
+            assert reader.task == task
+            inspect.signature(reader).bind(**arguments)
+            named.add(reader.__name__)
+    assert named == set(READER_CLASSES)  # the recipe reads every format

@@ -86,7 +86,7 @@ def _coco_reader(root, **options) -> CocoPseudoVisDataset:
 def test_coco_remaps_categories_and_later_ones_win(coco):
     root, expected = coco
     dataset = _coco_reader(root, train=False)
-    assert dataset.class_names == ["person", "dog", "cat"] and dataset.dataset == "COCOPseudoVIS"
+    assert dataset.vocabularies == {"COCOPseudoVIS": ["person", "dog", "cat"]} and dataset.dataset == "COCOPseudoVIS"
     assert [dataset.name(i) for i in range(len(dataset))] == ["a.jpg", "b.jpg", "d.jpg"]  # c.jpg: no annotation
     item = dataset.get(0, seed=0)
     assert set(item) == {"video", "mask", "dataset", "task"} and item["task"] == "vis"

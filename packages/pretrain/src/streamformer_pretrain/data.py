@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -370,8 +371,6 @@ class VisDataset(TaskDataset):
         return str(self.samples[index][0]["id"])
 
     def load(self, sample, generator):
-        from PIL import Image
-
         video, anns = sample
         offsets = segment_indices(video["length"], self.options.num_frames, generator if self.options.train else None)
         frames = torch.from_numpy(
@@ -439,8 +438,6 @@ def _pseudo_video(path: Path, mask: Tensor, num_frames: int, generator: torch.Ge
     the image centre jittered by up to a tenth of the width and height (frame bilinear, mask
     nearest, zeros outside), as the original's COCO pseudo-videos; without, the copies are equal.
     """
-    from PIL import Image
-
     image = Image.open(path).convert("RGB")
     if (image.height, image.width) != tuple(mask.shape):
         raise ValueError(f"image is {image.height}x{image.width}, its annotation {mask.shape[0]}x{mask.shape[1]}")
@@ -482,7 +479,7 @@ class CocoPseudoVisDataset(TaskDataset):
         data = json.loads(Path(json_path).read_text())
         self.image_root, self.dataset = Path(image_root), dataset
         classes = json.loads(Path(label2id).read_text())[dataset]  # mask values index this order; 0 = background
-        self.class_names = sorted(classes, key=classes.get)
+        self.vocabularies = {dataset: sorted(classes, key=classes.get)}
         self.category_ids = {category["id"]: position for position, category in enumerate(data["categories"])}
         annotations: dict[int, list] = {}
         for ann in data["annotations"]:
@@ -557,8 +554,6 @@ class ReferYoutubeVosDataset(TaskDataset):
         return f"{self.samples[index]['video_id']}: {self.samples[index]['text']}"
 
     def load(self, row, generator):
-        from PIL import Image
-
         names = _literal(row["frames"])
         objects = [int(i) for i in _literal(row["obj_id"])]
         indices = segment_indices(len(names), self.options.num_frames, generator if self.options.train else None)
@@ -709,7 +704,9 @@ READERS: dict[str, type[TaskDataset]] = {
     "vis": VisDataset,
     "rvos": ReferringDataset,
 }  # each task's default reader
-READER_CLASSES: dict[str, type[TaskDataset]] = {cls.__name__: cls for cls in READERS.values()}
+READER_CLASSES: dict[str, type[TaskDataset]] = {
+    cls.__name__: cls for cls in (*READERS.values(), CocoPseudoVisDataset, RefCocoPseudoDataset, ReferYoutubeVosDataset)
+}
 
 
 class TaskDatasets(Dataset):
