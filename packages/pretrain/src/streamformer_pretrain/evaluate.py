@@ -12,6 +12,7 @@ so one well-placed span, the same for every clip, scores far above a random one.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +75,16 @@ def _mask_iou(pred: Tensor, target: Tensor) -> float:
 def evaluate(
     module: StreamFormerPretraining, root: str | Path, num_frames: int, image_size: int, batch_size: int = 16
 ) -> dict[str, dict[str, float]]:
-    """{metric: {"value", "chance"}} on the val split of the world at `root`."""
+    """{metric: {"value", "chance"}} on the val split of the world at `root`.
+
+    Masks are scored where a pixel's score is positive, which only the sigmoid segmentation loss
+    trains: the softmax loss ignores background pixels and gives no score for them, so a
+    softmax-trained model's VIS and RVOS are skipped (with a warning), not scored meaninglessly."""
     module.eval()
     tasks = tuple(module.task_logits.keys())
+    if module.hparams.segmentation_loss == "softmax" and {"vis", "rvos"} & set(tasks):
+        warnings.warn("softmax-trained masks have no background score: VIS and RVOS mIoU are skipped", stacklevel=2)
+        tasks = tuple(task for task in tasks if task not in ("vis", "rvos"))
     datasets = synthetic_task_datasets(root, "val", ClipOptions(num_frames, image_size, train=False, cache_videos=True), tasks)
     random = torch.Generator().manual_seed(0)
     results: dict[str, dict[str, float]] = {}
