@@ -153,6 +153,7 @@ def test_limit_classes_keeps_background_the_present_classes_and_random_others():
     kept, renumbered = limit_classes(classes, mask)
     assert kept.shape == (100, 4) and torch.equal(kept[0], classes[0])
     assert torch.equal(kept[renumbered], classes[mask])  # every pixel still points at its own class
+    assert (renumbered[mask == 0] == 0).all() and not (kept[1:] == classes[0]).all(-1).any()  # background is no negative
     torch.manual_seed(1)
     again, _ = limit_classes(classes, mask)
     assert not torch.equal(kept, again)  # the negatives are drawn anew

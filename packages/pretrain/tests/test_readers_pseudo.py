@@ -97,6 +97,13 @@ def test_coco_remaps_categories_and_later_ones_win(coco):
         assert torch.equal(item["video"][t], item["video"][0])
 
 
+def test_coco_refuses_a_label2id_in_another_order(coco):
+    root, _ = coco
+    (root / "label2id.json").write_text(json.dumps({"COCOPseudoVIS": {"person": 0, "cat": 1, "dog": 2}}))
+    with pytest.raises(ValueError, match="in their order"):
+        _coco_reader(root)
+
+
 def test_coco_person_only_and_missing_images_are_skipped(coco, caplog):
     dataset = _coco_reader(coco[0])
     assert dataset.get(1, seed=0) is None  # a person only: id 0, background

@@ -78,6 +78,17 @@ def test_fit_trains_every_task_and_exports(world, tmp_path):
     assert 0 < blind <= 1 and f"scores {blind:.3f} mIoU" in format_table(results)
 
 
+def test_evaluate_scores_the_masks_of_a_sigmoid_model(world):
+    from streamformer_pretrain.evaluate import evaluate
+
+    data = MultiTaskDataModule(root=str(world.root), tasks=("vis", "rvos"), num_frames=4, image_size=32, batch_size=4)
+    module = StreamFormerPretraining(config=TINY, segmentation_loss="sigmoid")
+    module.build(data, warm_up_text=False)
+    results = evaluate(module, world.root, num_frames=4, image_size=32)
+    assert list(results) == ["VIS mIoU", "RVOS mIoU"]
+    assert all(0 <= r["value"] <= 1 and 0 < r["chance"] < 1 for r in results.values())
+
+
 def test_killed_run_resumes_at_the_saved_step_with_the_same_data_and_optimizer(world, tmp_path):
     """From mid-epoch and from an epoch's last batch; with the pixel decoder, whose weights and
     optimizer state must come back too."""

@@ -62,6 +62,9 @@ def test_the_crop_near_masks_keeps_the_object():
     anywhere = [short_side_crop(frames, 32, seeded(seed), masks)[1] for seed in range(20)]
     assert all(crop.any() for crop in near)
     assert not all(crop.any() for crop in anywhere)
+    apart = torch.zeros(3, 32, 128, dtype=torch.long)
+    apart[:, 5:10, :4], apart[:, 5:10, 124:] = 1, 2  # two objects at opposite edges, nothing between them
+    assert all(short_side_crop(frames, 32, seeded(seed), apart, near_masks=True)[1].any() for seed in range(20))
     empty = torch.zeros_like(masks)  # no object: a random window
     assert short_side_crop(frames, 32, seeded(0), empty, near_masks=True)[1].shape == (3, 32, 32)
 

@@ -4,8 +4,9 @@ One reader per task (reference/streamformer.md section 7); each returns a sample
 when its video or annotation is broken. The collate function drops those, logs them by name and
 counts them in the batch (`skipped`), so nothing is silently replaced. Every batch holds one task.
 
-Randomness (frame offsets, caption choice, flips) comes from a per-sample seed the sampler derives
-from (seed, epoch, position): a run's data order and content are reproducible and resumable.
+Randomness (frame offsets, caption and prefix choice, crops, RandAugment, pseudo-video rotations,
+flips) comes from a per-sample seed the sampler derives from (seed, epoch, position): a run's data
+order and content are reproducible and resumable.
 """
 
 from __future__ import annotations
@@ -172,7 +173,6 @@ class ActionRecognitionDataset(TaskDataset):
 
     task = "ar"
     crop = "resized"
-    flips = True
 
     def __init__(
         self,
@@ -327,8 +327,8 @@ class LocalizationDataset(TaskDataset):
     def load(self, sample, generator):
         dataset = sample["dataset"]
         classes = self.label2id[dataset]
-        name = f"v_{sample['video_id']}.mp4" if dataset == "HACS" else f"{sample['video_id']}.mp4"
-        video, indices, fps = self.clip(_root_for(self.video_root, dataset) / name, generator)
+        file = f"v_{sample['video_id']}.mp4" if dataset == "HACS" else f"{sample['video_id']}.mp4"
+        video, indices, fps = self.clip(_root_for(self.video_root, dataset) / file, generator)
         times = torch.tensor(indices, dtype=torch.float64) / fps
         labels = torch.full((len(indices),), -1, dtype=torch.long)
         for name, windows in sample["windows"]:
@@ -481,6 +481,9 @@ class CocoPseudoVisDataset(TaskDataset):
         classes = json.loads(Path(label2id).read_text())[dataset]  # mask values index this order; 0 = background
         self.vocabularies = {dataset: sorted(classes, key=classes.get)}
         self.category_ids = {category["id"]: position for position, category in enumerate(data["categories"])}
+        names = [category["name"] for category in data["categories"]]
+        if names != self.vocabularies[dataset][: len(names)]:
+            raise ValueError(f"{label2id}[{dataset}] must list {json_path}'s categories in their order (mask ids are positions)")
         annotations: dict[int, list] = {}
         for ann in data["annotations"]:
             annotations.setdefault(ann["image_id"], []).append(ann)

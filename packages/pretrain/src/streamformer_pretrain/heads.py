@@ -214,9 +214,10 @@ def masked_cross_entropy(scores: Tensor, target: Tensor) -> Tensor:
 
 
 def limit_classes(classes: Tensor, mask: Tensor, limit: int = 100) -> tuple[Tensor, Tensor]:
-    """At most `limit` class embeddings for the VIS loss (LV-VIS has 1196 classes; scoring them all
-    at every pixel does not fit in memory): background (row 0), every class in `mask` [..., S, S]
-    and random others; returns them and `mask` renumbered to their order.
+    """`limit` class embeddings for the VIS loss when there are more (LV-VIS has 1196; scoring them
+    all at every pixel does not fit in memory): background (row 0), every class in `mask`
+    [..., S, S] (all of them, even past `limit`) and random others; returns them and `mask`
+    renumbered to their order. One draw for the whole `mask` (a batch of one data set).
 
     The original draws per sample and may draw background as a negative class, which then
     supervises background pixels as that class; here background stays row 0, never a negative."""

@@ -64,7 +64,8 @@ class MultiTaskDataModule(L.LightningDataModule):
             random-resized crop for AR, short-side resize and a random crop for the others, drawn
             around the masks for VIS and RVOS. Off (the synthetic world): frames resized to a square.
         hflip: paired horizontal flips at train time in the tasks the original flips (AR,
-            retrieval, VIS); off for data whose text names directions (SSv2).
+            retrieval, VIS); an AR data set whose classes name directions (SSv2) opts out with its
+            reader's `flips: false`.
         cache_videos: decode each video once and keep it in memory (small data sets such as the
             synthetic world; it halves a tiny model's step time there).
     """

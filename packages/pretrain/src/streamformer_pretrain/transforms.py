@@ -44,12 +44,13 @@ def _resize(x: Tensor, masks: Tensor | None, height: int, width: int) -> tuple[T
 
 
 def _window_near_masks(masks: Tensor, size: int, generator: torch.Generator) -> tuple[int, int] | None:
-    """Top-left corner of a random size x size window that contains the centre of the masks'
-    bounding box (union over frames), or None when every mask is empty."""
+    """Top-left corner of a random size x size window around a random mask pixel (of any frame),
+    so the crop always keeps some object; None when every mask is empty."""
     rows, cols = (masks != 0).any(0).nonzero(as_tuple=True)
     if len(rows) == 0:
         return None
-    cy, cx = (rows.min() + rows.max()).item() // 2, (cols.min() + cols.max()).item() // 2
+    pick = _randint(generator, 0, len(rows) - 1)
+    cy, cx = rows[pick].item(), cols[pick].item()
     h, w = masks.shape[-2:]
     top = _randint(generator, max(0, cy - size + 1), min(h - size, cy))
     left = _randint(generator, max(0, cx - size + 1), min(w - size, cx))
