@@ -160,37 +160,44 @@ class Weights(Callback):
         self.after = [torch.cat([p.detach().flatten() for p in module.parameters()])]
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.after.append(torch.cat([p.detach().flatten() for p in module.parameters()]))
+        if trainer.global_step == len(self.after):  # an optimizer step just ended
+            self.after.append(torch.cat([p.detach().flatten() for p in module.parameters()]))
 
 
-def _ddp_worker(rank: int, port: int, world, tmp_path, results) -> None:
-    """One of two DDP ranks (launched here, as torchrun would); every sample of rank 1's first
-    batch is broken (what `TaskDataset.get` returns for an unreadable video)."""
+def _ddp_worker(rank: int, port: int, world, tmp_path, accumulate: int, broken: int, results) -> None:
+    """One of two DDP ranks (launched here, as torchrun would); rank 1's first `broken` samples
+    (of batches of 4) are broken (what `TaskDataset.get` returns for an unreadable video)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0")
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
-    calls = iter(range(4 if rank == 1 else 0))
+    calls = iter(range(broken if rank == 1 else 0))
     get = MultiTaskDataset.__getitem__
     MultiTaskDataset.__getitem__ = lambda self, key: None if next(calls, None) is not None else get(self, key)
     weights = Weights()
+    strategy = DDPStrategy(find_unused_parameters=True, timeout=timedelta(seconds=60))
     data, module, trainer = make(
-        world, tmp_path, weights,
-        trainer_args=dict(max_steps=3, devices=2, strategy=DDPStrategy(find_unused_parameters=True, timeout=timedelta(seconds=60))),
-    )  # fmt: skip
+        world, tmp_path, weights, trainer_args=dict(max_steps=3, devices=2, strategy=strategy, accumulate_grad_batches=accumulate)
+    )
     trainer.fit(module, data)
     results[rank] = weights.after
 
 
-def test_a_rank_whose_batch_is_all_broken_skips_the_step_with_every_rank(world, tmp_path):
+@pytest.mark.parametrize(
+    ("accumulate", "broken", "first_step_trains"),
+    [(1, 4, False), (2, 4, True), (2, 8, False)],
+    ids=["empty-step", "empty-micro-batch", "every-micro-batch-empty"],
+)
+def test_a_rank_whose_batch_is_all_broken_skips_it_with_every_rank(world, tmp_path, accumulate, broken, first_step_trains):
     """Rank 1 has no loss to return; alone, it would leave rank 0 waiting in the step's gathers
-    and gradient all-reduce (and Lightning refuses a step without a loss under DDP)."""
+    and gradient all-reduce (and Lightning refuses a step without a loss under DDP). A step moves
+    the weights when any of its micro-batches had samples, and not at all otherwise."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(port, world, tmp_path, results), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(port, world, tmp_path, accumulate, broken, results), nprocs=2, join=True)
     for rank in (0, 1):
         start, *steps = results[rank]
         assert len(steps) == 3
-        assert torch.equal(steps[0], start)  # the first step moved nothing on either rank
-        assert not torch.equal(steps[1], steps[0])  # the next ones trained
+        assert torch.equal(steps[0], start) != first_step_trains
+        assert not torch.equal(steps[1], steps[0])  # the next steps trained
         torch.testing.assert_close(steps[-1], results[0][-1])  # and the replicas stayed equal
