@@ -37,7 +37,7 @@ def _image(path) -> None:
 
 
 def _nearest(mask: np.ndarray, size: int) -> torch.Tensor:
-    return F.interpolate(torch.as_tensor(mask)[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
+    return F.interpolate(torch.as_tensor(mask)[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0].long()
 
 
 def _pixels(video: torch.Tensor) -> torch.Tensor:
@@ -145,15 +145,35 @@ def test_refcoco_mask_is_the_referred_box(refcoco):
     assert torch.equal(item["mask"], _nearest(_box(*CAT), 16).expand(4, -1, -1))
 
 
-def test_refcoco_rotated_frames_and_masks_stay_aligned(refcoco):
-    item = _refcoco_reader(refcoco, image_size=32).get(0, seed=1)
-    mask = item["mask"][:, None].float()
-    pixels = _pixels(item["video"])
+def _assert_on_red(video: torch.Tensor, mask: torch.Tensor) -> None:
+    """The red box's pixels coincide with `mask` [T, S, S], one pixel of slack at the border."""
+    mask = mask[:, None].float()
+    pixels = _pixels(video)
     red = (pixels[..., 0] > 150) & (pixels[..., 1] < 80)
-    inner = 1 - F.max_pool2d(1 - mask, 3, 1, 1)  # one pixel of slack on either side of the border
+    inner = 1 - F.max_pool2d(1 - mask, 3, 1, 1)
     outer = F.max_pool2d(mask, 3, 1, 1)
     assert red[inner[:, 0].bool()].all() and not red[~outer[:, 0].bool()].any()
-    assert any(not torch.equal(item["mask"][t], _nearest(_box(*CAT), 32)) for t in range(4))  # rotated
+
+
+@pytest.mark.parametrize("augment", [False, True], ids=["resize", "crop-near-masks"])
+def test_refcoco_rotated_frames_and_masks_stay_aligned(refcoco, augment):
+    item = _refcoco_reader(refcoco, image_size=32 if not augment else 20, augment=augment).get(0, seed=1)
+    _assert_on_red(item["video"], item["mask"])
+    assert item["mask"].any()
+    if not augment:
+        assert any(not torch.equal(item["mask"][t], _nearest(_box(*CAT), 32)) for t in range(4))  # rotated
+
+
+def test_coco_crops_and_flips_keep_frames_and_masks_aligned(coco):
+    """Non-square 24x32 images: the short side to 20, a 20x20 crop around the masks, paired flips."""
+    dataset = _coco_reader(coco[0], image_size=20, augment=True, hflip=True)
+    flipped = 0
+    for seed in range(8):
+        item = dataset.get(0, seed=seed)
+        assert item["video"].shape == (4, 3, 20, 20) and (item["mask"] == 2).any()
+        _assert_on_red(item["video"], item["mask"] == 2)  # the cat is the red box
+        flipped += (item["mask"] == 2).nonzero()[:, 2].float().mean().item() > 10  # the box sits left when unflipped
+    assert 0 < flipped < 8
 
 
 def test_refcoco_sample_is_a_function_of_the_seed_and_missing_images_skip(refcoco):

@@ -98,7 +98,7 @@ def _root_for(roots: str | Path | dict[str, str], dataset: str) -> Path:
 
 
 def _resize_masks(masks: Tensor, size: int) -> Tensor:
-    return F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")[:, 0].to(masks.dtype)
+    return F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].to(masks.dtype)
 
 
 class TaskDataset(Dataset):

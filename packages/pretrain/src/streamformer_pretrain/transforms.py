@@ -39,7 +39,7 @@ def normalise(x: Tensor) -> Tensor:
 def _resize(x: Tensor, masks: Tensor | None, height: int, width: int) -> tuple[Tensor, Tensor | None]:
     x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
     if masks is not None:
-        masks = F.interpolate(masks[:, None].float(), size=(height, width), mode="nearest")[:, 0].to(masks.dtype)
+        masks = F.interpolate(masks[:, None].float(), size=(height, width), mode="nearest-exact")[:, 0].to(masks.dtype)
     return x, masks
 
 
