@@ -149,11 +149,21 @@ def preprocess(frames: Tensor, size: int = 224, mode: str = "resize") -> Tensor:
     if mode == "resize":
         x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
     else:
-        h, w = x.shape[-2:]
-        scale = size / min(h, w)
-        x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bilinear", antialias=True)
+        x = resize_short_side(x, size)
         top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
         x = x[..., top : top + size, left : left + size]
+    return normalise(x)
+
+
+def resize_short_side(x: Tensor, size: int) -> Tensor:
+    """Float frames [T, 3, H, W] with the short side resized to `size` (bilinear, antialiased)."""
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    return F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bilinear", antialias=True)
+
+
+def normalise(x: Tensor) -> Tensor:
+    """Float pixels in [0, 255] -> [-1, 1]: SigLIP's mean 0.5 and std 0.5 after /255."""
     return (x.clamp(0, 255) / 255.0 - 0.5) / 0.5
 
 

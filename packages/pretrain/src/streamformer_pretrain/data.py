@@ -25,7 +25,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import Tensor
@@ -34,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from streamformer.synthetic import DATASET
 from streamformer.video import open_video, preprocess, read_frames, segment_indices
 
-from .transforms import resized_crop, short_side_crop
+from .transforms import resize_masks, resized_crop, short_side_crop
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +94,6 @@ def _root_for(roots: str | Path | dict[str, str], dataset: str) -> Path:
     if dataset not in roots:
         raise KeyError(f"no video root for data set {dataset!r} (roots are given for {sorted(roots)})")
     return Path(roots[dataset])
-
-
-def _resize_masks(masks: Tensor, size: int) -> Tensor:
-    return F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].to(masks.dtype)
 
 
 class TaskDataset(Dataset):
@@ -165,7 +160,7 @@ class TaskDataset(Dataset):
                     raise ValueError("the random-resized crop does not transform masks")
                 return resized_crop(frames, size, generator), None
             return short_side_crop(frames, size, generator, masks, near_masks=self.crop == "near_masks")
-        return preprocess(frames, size), None if masks is None else _resize_masks(masks, size)
+        return preprocess(frames, size), None if masks is None else resize_masks(masks, size, size)
 
 
 class ActionRecognitionDataset(TaskDataset):

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
 from torch import Tensor
 
+from streamformer.video import normalise, resize_short_side
+
 
 def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
     return low + (high - low) * torch.rand((), generator=generator, dtype=torch.float64).item()
@@ -31,16 +33,9 @@ def _randint(generator: torch.Generator, low: int, high: int) -> int:
     return low + int(torch.randint(high - low + 1, (), generator=generator))
 
 
-def normalise(x: Tensor) -> Tensor:
-    """Float pixels in [0, 255] -> [-1, 1] (mean 0.5, std 0.5 after /255), as `streamformer.video.preprocess`."""
-    return (x.clamp(0, 255) / 255.0 - 0.5) / 0.5
-
-
-def _resize(x: Tensor, masks: Tensor | None, height: int, width: int) -> tuple[Tensor, Tensor | None]:
-    x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-    if masks is not None:
-        masks = F.interpolate(masks[:, None].float(), size=(height, width), mode="nearest-exact")[:, 0].to(masks.dtype)
-    return x, masks
+def resize_masks(masks: Tensor, height: int, width: int) -> Tensor:
+    """Integer masks [T, H, W] -> [T, height, width], nearest pixel centre (as the frames' resampling)."""
+    return F.interpolate(masks[:, None].float(), size=(height, width), mode="nearest-exact")[:, 0].to(masks.dtype)
 
 
 def _window_near_masks(masks: Tensor, size: int, generator: torch.Generator) -> tuple[int, int] | None:
@@ -62,11 +57,10 @@ def short_side_crop(
 ) -> tuple[Tensor, Tensor | None]:
     """Resize the short side to `size` (masks nearest), then crop `size` x `size`: at random, or
     with `near_masks` a window around the masks (random when they are empty)."""
-    x = frames.permute(0, 3, 1, 2).float()
+    x = resize_short_side(frames.permute(0, 3, 1, 2).float(), size)
     h, w = x.shape[-2:]
-    scale = size / min(h, w)
-    x, masks = _resize(x, masks, max(size, round(h * scale)), max(size, round(w * scale)))
-    h, w = x.shape[-2:]
+    if masks is not None:
+        masks = resize_masks(masks, h, w)
     corner = _window_near_masks(masks, size, generator) if near_masks and masks is not None else None
     top, left = corner or (_randint(generator, 0, h - size), _randint(generator, 0, w - size))
     x = x[..., top : top + size, left : left + size]
@@ -99,7 +93,7 @@ def resized_crop(
         cw, ch = (w, round(w / aspect)) if w / h < aspect else (round(h * aspect), h)
         cw, ch = min(cw, w), min(ch, h)
         top, left = (h - ch) // 2, (w - cw) // 2
-    x, _ = _resize(x[..., top : top + ch, left : left + cw], None, size, size)
+    x = F.interpolate(x[..., top : top + ch, left : left + cw], size=(size, size), mode="bilinear", antialias=True)
     return normalise(x)
 
 
