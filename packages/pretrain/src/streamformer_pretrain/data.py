@@ -591,7 +591,8 @@ class MultiTaskDataset(Dataset):
         return sum(len(d) for d in self.datasets.values())
 
 
-def _seed(*parts: int | str) -> int:
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed that is a pure function of `parts` (the same in every process and run)."""
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
 
 
@@ -623,7 +624,7 @@ class TaskBalancedBatchSampler(Sampler[list[tuple[str, int, int]]]):
         per_task = {}
         size = self.batch_size * self.world_size
         for task, n in self.task_sizes.items():
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch, task))).tolist()
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, task))).tolist()
             per_task[task] = [order[i : i + size] for i in range(0, n - size + 1, size)]
         smallest = min(len(b) for b in per_task.values())
         scale = {task: len(b) // smallest for task, b in per_task.items()}
@@ -640,7 +641,7 @@ class TaskBalancedBatchSampler(Sampler[list[tuple[str, int, int]]]):
             if position < self.start_batch:
                 continue
             local = batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-            yield [(task, index, _seed(self.seed, self.epoch, position, index)) for index in local]
+            yield [(task, index, derive_seed(self.seed, self.epoch, position, index)) for index in local]
         self.start_batch = 0
 
     def __len__(self) -> int:

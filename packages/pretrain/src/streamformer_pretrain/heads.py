@@ -213,11 +213,14 @@ def masked_cross_entropy(scores: Tensor, target: Tensor) -> Tensor:
     return per_sample.mean()
 
 
-def limit_classes(classes: Tensor, mask: Tensor, limit: int = 100) -> tuple[Tensor, Tensor]:
+def limit_classes(
+    classes: Tensor, mask: Tensor, limit: int = 100, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """`limit` class embeddings for the VIS loss when there are more (LV-VIS has 1196; scoring them
     all at every pixel does not fit in memory): background (row 0), every class in `mask`
-    [..., S, S] (all of them, even past `limit`) and random others; returns them and `mask`
-    renumbered to their order. One draw for the whole `mask` (a batch of one data set).
+    [..., S, S] (all of them, even past `limit`) and random others, drawn with the CPU `generator`;
+    returns them and `mask` renumbered to their order. One draw for the whole `mask` (a batch of
+    one data set).
 
     The original draws per sample and may draw background as a negative class, which then
     supervises background pixels as that class; here background stays row 0, never a negative."""
@@ -229,7 +232,8 @@ def limit_classes(classes: Tensor, mask: Tensor, limit: int = 100) -> tuple[Tens
     others[0] = False
     others[present] = False
     candidates = others.nonzero()[:, 0]
-    extra = candidates[torch.randperm(len(candidates), device=mask.device)[: max(0, limit - 1 - len(present))]]
+    draw = torch.randperm(len(candidates), generator=generator)[: max(0, limit - 1 - len(present))]
+    extra = candidates[draw.to(mask.device)]
     keep = torch.cat([present.new_zeros(1), present, extra])
     renumber = torch.full((classes.shape[0],), -1, dtype=mask.dtype, device=mask.device)
     renumber[keep] = torch.arange(len(keep), dtype=mask.dtype, device=mask.device)

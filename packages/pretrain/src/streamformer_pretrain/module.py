@@ -22,6 +22,7 @@ from .data import (
     ResumableDataLoader,
     TaskBalancedBatchSampler,
     collate,
+    derive_seed,
     synthetic_task_datasets,
     task_readers,
 )
@@ -274,7 +275,9 @@ class StreamFormerPretraining(L.LightningModule):
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def task_loss(self, batch: dict[str, Any]) -> Tensor:
+    def task_loss(self, batch: dict[str, Any], seed: int = 0) -> Tensor:
+        """The batch's task loss. `seed` drives the loss's own random draws (VIS negative classes):
+        training derives it from (epoch, batch index), so a resumed run draws the same."""
         task, logits = batch["task"], self.task_logits[batch["task"]]
         out = self.model.timesformer(batch["video"])
         if task == "ar":
@@ -293,10 +296,14 @@ class StreamFormerPretraining(L.LightningModule):
             )
         grid = self.mask_embeddings(out.last_hidden_state, batch["video"])
         if task == "vis":
+            generator = torch.Generator().manual_seed(seed)
             return self.per_dataset(
                 batch,
                 lambda rows, classes: vis_loss(
-                    logits, grid[rows], *limit_classes(classes, batch["mask"][rows]), self.hparams.segmentation_loss
+                    logits,
+                    grid[rows],
+                    *limit_classes(classes, batch["mask"][rows], generator=generator),
+                    self.hparams.segmentation_loss,
                 ),
             )
         captions, offset = gather_across_ranks(self.embed_texts(batch["caption"]), with_grad=False)
@@ -323,7 +330,7 @@ class StreamFormerPretraining(L.LightningModule):
         if not self.trainer.strategy.reduce_boolean_decision(batch["task"] is not None, all=True):
             self.log("data/empty_batches", 1.0, reduce_fx="sum", on_step=True, batch_size=1)
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
-        loss = self.task_loss(batch)
+        loss = self.task_loss(batch, seed=derive_seed(self.current_epoch, batch_idx))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite {batch['task']} loss at step {self.global_step}")
         self.log(f"train/{batch['task']}", loss, on_step=True, batch_size=len(batch["video"]))
