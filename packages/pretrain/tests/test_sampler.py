@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from streamformer_pretrain.data import TaskBalancedBatchSampler
+from streamformer_pretrain.data import TaskBalancedBatchSampler, small_task_repeats
 
 
 def batches(sampler):
@@ -55,6 +55,23 @@ def test_epochs_reshuffle_deterministically_and_resume_skips():
     sampler.start_batch = 2
     assert list(sampler) == second[2:]
     assert list(sampler) == second  # the skip applies once
+
+
+def test_small_tasks_recur_as_the_originals_balance_sample_num():
+    sizes = {"a": 40, "b": 12, "c": 24}
+    repeats = small_task_repeats(sizes)
+    assert repeats == {"a": 1, "b": 3, "c": 1}  # 12 < 40 / 2 recurs 40 // 12 times; 24 does not
+    sampler = TaskBalancedBatchSampler(sizes, batch_size=4, seed=0, repeats=repeats)
+    out = batches(sampler)
+    assert len(out) == len(sampler) == 10 + 9 + 6
+    seen = Counter(pair for batch in out for pair in batch)
+    assert {i for t, i in seen if t == "b"} == set(range(12)) and {n for (t, _), n in seen.items() if t == "b"} == {3}
+    assert max(n for (t, _), n in seen.items() if t != "b") == 1
+    # Each recurrence of a sample gets its own seed (its own augmentation).
+    seeds = [seed for batch in sampler for task, index, seed in batch if (task, index) == ("b", 0)]
+    assert len(set(seeds)) == 3
+    # Without repeats the order is the sampler's usual one.
+    assert batches(TaskBalancedBatchSampler(sizes, 4, 0, repeats={})) == batches(TaskBalancedBatchSampler(sizes, 4, 0))
 
 
 def test_too_small_task_is_an_error():

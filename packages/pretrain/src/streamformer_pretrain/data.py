@@ -596,6 +596,13 @@ def derive_seed(*parts: int | str) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
 
 
+def small_task_repeats(task_sizes: dict[str, int], scale: float = 2.0) -> dict[str, int]:
+    """The original's `balance_sample_num`: a task with fewer than max / `scale` samples recurs
+    max // size times per epoch, every other task once."""
+    largest = max(task_sizes.values())
+    return {task: largest // n if n * scale < largest else 1 for task, n in task_sizes.items()}
+
+
 class TaskBalancedBatchSampler(Sampler[list[tuple[str, int, int]]]):
     """Batches of one task each, tasks interleaved in proportion to their size.
 
@@ -605,14 +612,27 @@ class TaskBalancedBatchSampler(Sampler[list[tuple[str, int, int]]]):
     rounds continue until every task has emitted all of its batches (a task that runs out just
     leaves the rotation, instead of indexing past its end as the original did).
 
-    `start_batch` skips the batches a resumed run already trained on in its first epoch.
+    `repeats` (default 1) makes a task's samples recur that many times per epoch, each time in
+    another place of the shuffled order (`small_task_repeats`). `start_batch` skips the batches a
+    resumed run already trained on in its first epoch.
     """
 
-    def __init__(self, task_sizes: dict[str, int], batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        task_sizes: dict[str, int],
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        repeats: dict[str, int] | None = None,
+    ) -> None:
         empty = [task for task, n in task_sizes.items() if n < batch_size * world_size]
         if empty:
             raise ValueError(f"tasks with fewer samples than one global batch ({batch_size * world_size}): {empty}")
-        self.task_sizes, self.batch_size, self.seed = task_sizes, batch_size, seed
+        repeats = repeats or {}
+        self.task_sizes = {task: n * repeats.get(task, 1) for task, n in task_sizes.items()}  # samples per epoch
+        self.dataset_sizes = dict(task_sizes)
+        self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start_batch = 0
@@ -624,7 +644,8 @@ class TaskBalancedBatchSampler(Sampler[list[tuple[str, int, int]]]):
         per_task = {}
         size = self.batch_size * self.world_size
         for task, n in self.task_sizes.items():
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, task))).tolist()
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, task))
+            order = (torch.randperm(n, generator=generator) % self.dataset_sizes[task]).tolist()
             per_task[task] = [order[i : i + size] for i in range(0, n - size + 1, size)]
         smallest = min(len(b) for b in per_task.values())
         scale = {task: len(b) // smallest for task, b in per_task.items()}

@@ -23,6 +23,7 @@ from .data import (
     TaskBalancedBatchSampler,
     collate,
     derive_seed,
+    small_task_repeats,
     synthetic_task_datasets,
     task_readers,
 )
@@ -69,6 +70,9 @@ class MultiTaskDataModule(L.LightningDataModule):
             reader's `flips: false`.
         cache_videos: decode each video once and keep it in memory (small data sets such as the
             synthetic world; it halves a tiny model's step time there).
+        replicate_small_tasks: the original's `balance_sample_num`: a task with fewer than half
+            the largest task's samples recurs largest // size times per epoch
+            (`data.small_task_repeats`).
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         augment: bool = False,
         hflip: bool = False,
         cache_videos: bool = False,
+        replicate_small_tasks: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -121,7 +126,8 @@ class MultiTaskDataModule(L.LightningDataModule):
     def batch_sampler(self, rank: int = 0, world_size: int = 1) -> TaskBalancedBatchSampler:
         trained = self.hparams.train_tasks or self.tasks
         sizes = {task: len(d) for task, d in self.train_sets.items() if task in trained}
-        return TaskBalancedBatchSampler(sizes, self.hparams.batch_size, self.hparams.seed, rank, world_size)
+        repeats = small_task_repeats(sizes) if self.hparams.replicate_small_tasks else None
+        return TaskBalancedBatchSampler(sizes, self.hparams.batch_size, self.hparams.seed, rank, world_size, repeats)
 
     def batches_per_epoch(self, world_size: int = 1) -> int:
         return len(self.batch_sampler(0, world_size))
