@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from streamformer.synthetic import ACTIONS, sample_scene
-from streamformer_pretrain.data import ClipOptions, MultiTaskDataset, collate, synthetic_task_datasets
+from streamformer_pretrain import data
+from streamformer_pretrain.data import ClipOptions, MultiTaskDataset, collate, sampled_indices, synthetic_task_datasets
 
 OPTIONS = ClipOptions(num_frames=8, image_size=32, train=True)
 
@@ -85,3 +86,23 @@ def test_cached_videos_give_the_same_samples(world):
             expected, item = plain[task].get(index, seed=index), cached[task].get(index, seed=index)
             assert torch.equal(expected["video"], item["video"])
             assert all(torch.equal(expected[k], item[k]) for k in ("frame_labels", "mask") if k in item)
+
+
+def test_short_videos_fill_the_clip_as_the_original(world, monkeypatch):
+    """VIS repeats a short video's first frame before it, retrieval its last frame after it
+    (reference section 7); other lengths keep one frame per segment."""
+    assert sampled_indices(5, 8, None, "front") == [0, 0, 0, 0, 1, 2, 3, 4]
+    assert sampled_indices(5, 8, torch.Generator(), "back") == [0, 1, 2, 3, 4, 4, 4, 4]
+    assert sampled_indices(16, 8, None, "front") == sampled_indices(16, 8, None) == list(range(1, 16, 2))
+    calls = []
+
+    def spy(length, num_frames, generator, pad=None):
+        calls.append(pad)
+        return sampled_indices(length, num_frames, generator, pad)
+
+    monkeypatch.setattr(data, "sampled_indices", spy)
+    long = ClipOptions(num_frames=28, image_size=32, train=True)  # the world's videos have 24 frames
+    datasets = synthetic_task_datasets(world.root, "train", long, ("retrieval", "vis", "grounding"))
+    for task, pad in (("vis", "front"), ("retrieval", "back"), ("grounding", None)):
+        calls.clear()
+        assert datasets[task].get(0, seed=0)["video"].shape[0] == 28 and calls == [pad], task

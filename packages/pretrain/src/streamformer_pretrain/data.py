@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -96,6 +96,20 @@ def _root_for(roots: str | Path | dict[str, str], dataset: str) -> Path:
     return Path(roots[dataset])
 
 
+def sampled_indices(
+    length: int, num_frames: int, generator: torch.Generator | None, pad: Literal["front", "back"] | None = None
+) -> list[int]:
+    """One frame per segment (`segment_indices`: random when a `generator` is given, else the
+    middle). With `pad`, a video of fewer than `num_frames` frames instead takes each frame once
+    and repeats its first frame before them ("front", the original's VIS) or its last after them
+    ("back", its retrieval); without, its frames repeat throughout."""
+    if pad is None or length >= num_frames:
+        return segment_indices(length, num_frames, generator)
+    if pad == "front":
+        return [0] * (num_frames - length) + list(range(length))
+    return list(range(length)) + [length - 1] * (num_frames - length)
+
+
 class TaskDataset(Dataset):
     """Base: `samples` from an annotation file; `load(sample, generator)` builds one training item."""
 
@@ -105,6 +119,7 @@ class TaskDataset(Dataset):
     # them) or "resized" (RandAugment and a random-resized crop); and whether it flips the clips.
     crop: str = "short_side"
     flips: bool = False
+    pad_short: Literal["front", "back"] | None = None  # how videos shorter than a clip fill it (`sampled_indices`)
 
     def __init__(self, options: ClipOptions) -> None:
         self.options = options
@@ -141,7 +156,9 @@ class TaskDataset(Dataset):
         video = open_clip_video(path, self.options.cache_videos)
         first = min(video.num_frames - 1, int(start * video.fps))
         last = video.num_frames if end is None else max(first + 1, min(video.num_frames, int(np.ceil(end * video.fps))))
-        offsets = segment_indices(last - first, self.options.num_frames, generator if self.options.train else None)
+        offsets = sampled_indices(
+            last - first, self.options.num_frames, generator if self.options.train else None, self.pad_short
+        )
         indices = [first + i for i in offsets]
         return video.read(indices), indices, video.fps
 
@@ -201,6 +218,7 @@ class RetrievalDataset(TaskDataset):
 
     task = "retrieval"
     flips = True
+    pad_short = "back"
     _EXTENSIONS = {"LSMDC": ".avi", "MSVD": ".avi"}
 
     def __init__(
@@ -348,6 +366,7 @@ class VisDataset(TaskDataset):
     task = "vis"
     crop = "near_masks"
     flips = True
+    pad_short = "front"
 
     def __init__(
         self, json_path: str, frame_root: str, label2id: str, dataset: str, options: ClipOptions = ClipOptions()
@@ -367,7 +386,9 @@ class VisDataset(TaskDataset):
 
     def load(self, sample, generator):
         video, anns = sample
-        offsets = segment_indices(video["length"], self.options.num_frames, generator if self.options.train else None)
+        offsets = sampled_indices(
+            video["length"], self.options.num_frames, generator if self.options.train else None, self.pad_short
+        )
         frames = torch.from_numpy(
             np.stack([np.asarray(Image.open(self.frame_root / video["file_names"][i]).convert("RGB")) for i in offsets])
         )
