@@ -12,10 +12,10 @@ import torch
 from streamformer_pretrain import MultiTaskDataModule, StreamFormerPretraining
 from streamformer_pretrain.data import (
     ClipOptions,
+    DatasetMixture,
     GroundingDataset,
     LocalizationDataset,
     RetrievalDataset,
-    TaskDatasets,
     collate,
     task_readers,
 )
@@ -124,7 +124,7 @@ def test_task_readers_concatenate_data_sets_and_check_their_names(world, tmp_pat
     ar = dict(csv_path=str(world.root / "ar/train.csv"), prefix=str(world.root), label2id=str(world.root / "ar/label2id.json"))
     single = task_readers("ar", ar, OPTIONS)
     both = task_readers("ar", [{**ar, "dataset": "Kinetics"}, {**ar, "dataset": "SSV2"}], OPTIONS)
-    assert isinstance(both, TaskDatasets) and len(both) == 2 * len(single)
+    assert isinstance(both, DatasetMixture) and len(both) == 2 * len(single)
     assert set(both.vocabularies) == {"Kinetics", "SSV2"}
     n = len(single)
     assert both.get(n + 1, seed=3)["dataset"] == "SSV2" and both.get(1, seed=3)["dataset"] == "Kinetics"
@@ -179,7 +179,7 @@ def test_the_real_recipe_config_names_readers_and_arguments_that_exist():
     import yaml
     from jsonargparse import ArgumentParser
 
-    from streamformer_pretrain.data import READER_CLASSES, READERS
+    from streamformer_pretrain.data import DEFAULT_READERS, READERS_BY_NAME
 
     config = yaml.safe_load((Path(__file__).parents[3] / "configs/pretrain/base.yaml").read_text())
     parser = ArgumentParser()
@@ -189,8 +189,8 @@ def test_the_real_recipe_config_names_readers_and_arguments_that_exist():
     for task, files in config["data"]["task_files"].items():
         for entry in files if isinstance(files, list) else [files]:
             arguments = dict(entry)
-            reader = READER_CLASSES[arguments.pop("reader", READERS[task].__name__)]
+            reader = READERS_BY_NAME[arguments.pop("reader", DEFAULT_READERS[task].__name__)]
             assert reader.task == task
             inspect.signature(reader).bind(**arguments)
             named.add(reader.__name__)
-    assert named == set(READER_CLASSES)  # the recipe reads every format
+    assert named == set(READERS_BY_NAME)  # the recipe reads every format

@@ -737,7 +737,7 @@ def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     return batch
 
 
-READERS: dict[str, type[TaskDataset]] = {
+DEFAULT_READERS: dict[str, type[TaskDataset]] = {
     "ar": ActionRecognitionDataset,
     "retrieval": RetrievalDataset,
     "grounding": GroundingDataset,
@@ -745,19 +745,19 @@ READERS: dict[str, type[TaskDataset]] = {
     "vis": VisDataset,
     "rvos": ReferringDataset,
 }  # each task's default reader
-READER_CLASSES: dict[str, type[TaskDataset]] = {
-    cls.__name__: cls for cls in (*READERS.values(), CocoPseudoVisDataset, RefCocoPseudoDataset, ReferYoutubeVosDataset)
+READERS_BY_NAME: dict[str, type[TaskDataset]] = {
+    cls.__name__: cls for cls in (*DEFAULT_READERS.values(), CocoPseudoVisDataset, RefCocoPseudoDataset, ReferYoutubeVosDataset)
 }
 
 
-class TaskDatasets(Dataset):
+class DatasetMixture(Dataset):
     """Several data sets of one task read as one (the original's mixtures: Kinetics-400 and SSv2;
     ActivityNet, HACS and FineAction; ...). Indices run through the readers in order; each
     sample keeps its data set's name, and so its class vocabulary."""
 
     def __init__(self, readers: Sequence[TaskDataset]) -> None:
         if len({reader.task for reader in readers}) != 1:
-            raise ValueError(f"one task per TaskDatasets, got {sorted({reader.task for reader in readers})}")
+            raise ValueError(f"one task per DatasetMixture, got {sorted({reader.task for reader in readers})}")
         self.task, self.readers = readers[0].task, list(readers)
         self.starts = np.cumsum([0, *map(len, readers)]).tolist()
         self.samples = [sample for reader in readers for sample in reader.samples]
@@ -783,22 +783,24 @@ class TaskDatasets(Dataset):
         return reader.get(local, seed)
 
 
-def task_readers(task: str, files: dict[str, Any] | Sequence[dict[str, Any]], options: ClipOptions) -> TaskDataset | TaskDatasets:
+def task_readers(
+    task: str, files: dict[str, Any] | Sequence[dict[str, Any]], options: ClipOptions
+) -> TaskDataset | DatasetMixture:
     """The reader of `task` from its `task_files` entry: the reader's arguments, or a list of them
     (several data sets read as one task). `reader: <class name>` picks a reader other than the
-    task's default (`READERS`)."""
+    task's default (`DEFAULT_READERS`)."""
     readers = []
     for entry in [files] if isinstance(files, dict) else files:
         arguments = dict(entry)
-        name = arguments.pop("reader", READERS[task].__name__)
-        reader = READER_CLASSES.get(name)
+        name = arguments.pop("reader", DEFAULT_READERS[task].__name__)
+        reader = READERS_BY_NAME.get(name)
         if reader is None or reader.task != task:
-            known = sorted(cls.__name__ for cls in READER_CLASSES.values() if cls.task == task)
+            known = sorted(cls.__name__ for cls in READERS_BY_NAME.values() if cls.task == task)
             raise ValueError(f"{task}: no reader {name!r}; the {task} readers are {known}")
         readers.append(reader(**arguments, options=options))
     if not readers:
         raise ValueError(f"{task}: task_files lists no data set")
-    return readers[0] if len(readers) == 1 else TaskDatasets(readers)
+    return readers[0] if len(readers) == 1 else DatasetMixture(readers)
 
 
 def synthetic_task_datasets(
