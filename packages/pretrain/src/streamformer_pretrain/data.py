@@ -552,32 +552,24 @@ class RefCocoPseudoDataset(TaskDataset):
         return {"video": video, "caption": image["caption"], "mask": mask}
 
 
-class ReferYoutubeVosDataset(TaskDataset):
-    """Ref-YouTube-VOS CSV `video_id,text,frames,length,obj_id,anno_id`: JPEG frames
-    `frame_root/<video_id>/<frame>.jpg`, palette PNG masks `mask_root/<video_id>/<frame>.png` of
-    object ids; target = union over the expression's `obj_id`s.
+class ReferYoutubeVosDataset(ReferringDataset):
+    """Ref-YouTube-VOS: the MeViS CSV columns, but each video is a folder of JPEG frames
+    `frame_root/<video_id>/<frame>.jpg` and its masks palette PNGs `mask_root/<video_id>/<frame>.png`
+    of object ids; target = union over the expression's `obj_id`s.
 
     Reads the sampled frames of the `frames` list; the original read the first 16 frames whatever
     it sampled.
     """
 
-    task = "rvos"
-    crop = "near_masks"  # no flips: expressions name left and right
-
     def __init__(self, csv_path: str, frame_root: str, mask_root: str, options: ClipOptions = ClipOptions()) -> None:
-        super().__init__(options)
-        self.frame_root, self.mask_root = Path(frame_root), Path(mask_root)
-        self.samples = _read_csv(csv_path)
-
-    def name(self, index):
-        return f"{self.samples[index]['video_id']}: {self.samples[index]['text']}"
+        super().__init__(csv_path, frame_root, mask_root, options)  # its `video_root` holds frame folders
 
     def load(self, row, generator):
         names = _literal(row["frames"])
         objects = [int(i) for i in _literal(row["obj_id"])]
         indices = segment_indices(len(names), self.options.num_frames, generator if self.options.train else None)
         frames = np.stack(
-            [np.asarray(Image.open(self.frame_root / row["video_id"] / f"{names[i]}.jpg").convert("RGB")) for i in indices]
+            [np.asarray(Image.open(self.video_root / row["video_id"] / f"{names[i]}.jpg").convert("RGB")) for i in indices]
         )
         masks = []
         for i in indices:
