@@ -7,12 +7,13 @@ from streamformer_pretrain.evaluate import _interval_iou, best_fixed_interval, p
 @pytest.mark.parametrize(
     ("scores", "moment"),
     [
-        ([-3.0, -2.5, -1.0, -0.8, -0.9, -2.9, -3.1, -3.0], (2, 5)),  # no positive logit: still a moment
-        ([0.5, 0.4, 3.0, 2.8, 0.2, 3.1, 0.1, 0.0], (2, 6)),  # first to last frame above the mean (1.2625)
+        ([-3.0, -2.5, -1.0, -0.8, -0.9, -2.9, -3.1, -3.0], (2, 4)),  # no positive logit: still a moment
+        ([0.5, 0.4, 3.0, 2.8, 0.2, 3.1, 0.1, 0.0], (2, 5)),  # frames 2-5 above the mean (1.2625); 5 saw the end
+        ([0.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 0.0], (3, 4)),  # a lone raised frame is the moment
         ([1.0] * 8, (0, 8)),  # no frame stands out: the whole clip
     ],
 )
-def test_predicted_moment_spans_the_frames_above_the_clip_mean(scores, moment):
+def test_predicted_moment_ends_before_the_last_frame_above_the_clip_mean(scores, moment):
     assert predicted_moment(torch.tensor(scores)) == moment
 
 

@@ -47,14 +47,20 @@ def _first_to_last(flags: Tensor) -> tuple[int, int] | None:
 
 
 def predicted_moment(scores: Tensor) -> tuple[int, int]:
-    """[start, end) frame span of a query's moment from its per-frame scores [T]: from the first to
-    the last frame scoring above the clip's mean.
+    """[start, end) frame span of a query's moment from its per-frame scores [T]: from the first
+    frame scoring above the clip's mean up to, not including, the last one (a lone frame stays).
 
-    Grounding's premise is that the query happens in the clip, so the decode is relative to the
-    clip. The span of positive logits depends on the logit bias, and a causal model is unsure of
-    a moment's frames (after the end, the motion since the previous frame looks the same as inside
-    it): on the demo model it predicted nothing for a fifth of the queries (IoU 0)."""
-    return _first_to_last(scores > scores.mean()) or (0, len(scores))
+    Grounding's premise is that the query happens in the clip, so the threshold is relative to the
+    clip; the span of positive logits depends on the logit bias. The last raised frame is dropped
+    because a causal frame reports what changed since the previous sampled frame: the first frame
+    after a moment has still seen its last motion, so it scores like the frames inside it. Read
+    this way, an ideal detector of motion since the previous sampled frame scores 0.875 mIoU on the
+    world's val split, against 0.758 up to and including the last raised frame."""
+    raised = _first_to_last(scores > scores.mean())
+    if raised is None:  # no frame stands out: the whole clip
+        return 0, len(scores)
+    start, end = raised
+    return start, max(start + 1, end - 1)
 
 
 def best_fixed_interval(truths: list[tuple[int, int]], num_frames: int) -> tuple[tuple[int, int], float]:
