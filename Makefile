@@ -28,7 +28,7 @@ demo: setup
 	$(BIN)/streamformer-pretrain fit --config configs/pretrain/synthetic-tiny.yaml --trainer.enable_progress_bar true
 	$(BIN)/streamformer-pretrain evaluate $(TINY)/checkpoints/last.ckpt --root runs/world --output docs/pretrain/synthetic-tiny.md
 	$(BIN)/streamformer-pretrain export $(TINY)/checkpoints/last.ckpt $(TINY)/backbone
-	$(BIN)/streamformer stream runs/world/videos/v000200.mp4 $(TINY)/backbone --max_frames 16 --plot $(TINY)/stream.png
+	$(BIN)/streamformer stream runs/world/videos/v000800.mp4 $(TINY)/backbone --max_frames 16 --plot $(TINY)/stream.png
 
 # Ablations in the paper's direction (Tables 6 and 5), tables to docs/pretrain/.
 ablation-temporal: setup

@@ -230,7 +230,7 @@ def plot_stream(records: list[dict], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
-def synthetic(root: str, num_train: int = 200, num_val: int = 200, seed: int = 0) -> None:
+def synthetic(root: str, num_train: int = 800, num_val: int = 200, seed: int = 0) -> None:
     """Write the procedural synthetic video world (videos + annotations in the original formats).
 
     Args:

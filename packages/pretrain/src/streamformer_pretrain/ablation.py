@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("study", choices=["temporal", "tasks"])
     parser.add_argument("--config", default="configs/pretrain/synthetic-tiny.yaml")
     parser.add_argument("--root", default="runs/world")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workdir", default="runs/ablation")
     parser.add_argument("--output", required=True)
     args = parser.parse_args()

@@ -30,7 +30,7 @@ class WorldSummary:
 
 def generate_world(
     root: str | Path,
-    num_train: int = 200,
+    num_train: int = 800,
     num_val: int = 200,
     seed: int = 0,
     config: WorldConfig | None = None,
