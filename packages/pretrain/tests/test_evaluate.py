@@ -8,12 +8,13 @@ from streamformer_pretrain.evaluate import _interval_iou, best_fixed_interval, p
     ("scores", "moment"),
     [
         ([-3.0, -2.5, -1.0, -0.8, -0.9, -2.9, -3.1, -3.0], (2, 4)),  # no positive logit: still a moment
-        ([0.5, 0.4, 3.0, 2.8, 0.2, 3.1, 0.1, 0.0], (2, 5)),  # frames 2-5 above the mean (1.2625); 5 saw the end
+        ([0.5, 0.4, 3.0, 2.8, 0.2, 3.1, 0.1, 0.0], (2, 3)),  # runs 2-3 (excess 3.28) and 5 (1.84); 3 saw the end
+        ([0.0, 1.0, 1.0, 0.0, 0.0, 4.0, 4.0, 4.0], (5, 7)),  # the larger run wins, also at the clip's end
         ([0.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 0.0], (3, 4)),  # a lone raised frame is the moment
         ([1.0] * 8, (0, 8)),  # no frame stands out: the whole clip
     ],
 )
-def test_predicted_moment_ends_before_the_last_frame_above_the_clip_mean(scores, moment):
+def test_predicted_moment_is_the_run_most_above_the_clip_mean_less_its_last_frame(scores, moment):
     assert predicted_moment(torch.tensor(scores)) == moment
 
 
