@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constra
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo stream-demo oad-demo ablation-temporal ablation-tasks test lint bench clean
+.PHONY: setup demo stream-demo oad-demo seeds ablation-temporal ablation-tasks test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -30,14 +30,23 @@ demo: setup
 	$(BIN)/streamformer-pretrain export $(TINY)/checkpoints/last.ckpt $(TINY)/backbone
 	$(BIN)/streamformer stream runs/world/videos/v000800.mp4 $(TINY)/backbone --max_frames 16 --plot $(TINY)/stream.png
 
-# Ablations in the paper's direction (Tables 6 and 5), tables to docs/pretrain/.
-ablation-temporal: setup
+# Learned figures as mean ± std over seeds (each seed: initialisation and data order; the world is
+# fixed): the demo recipe, the OAD comparison on each seed's backbone, and both ablations in the
+# paper's direction (Tables 6 and 5). Resumable: finished runs under runs/studies are reused.
+# About 2.5 hours on 2 cores for three seeds.
+SEEDS ?= 0 1 2
+STUDY := $(BIN)/python -m streamformer_pretrain.studies
+comma := ,
+seeds: setup
 	test -f runs/world/world.json || $(BIN)/streamformer synthetic runs/world
-	$(BIN)/python -m streamformer_pretrain.ablation temporal --output docs/pretrain/ablation-temporal.md
+	$(STUDY) demo --seeds $(SEEDS) --output docs/pretrain/seeds-demo.md
+	$(BIN)/streamformer-oad seeds --seeds "[$(subst $(eval) ,$(comma),$(strip $(SEEDS)))]" --report docs/oad/seeds.md
+	$(STUDY) temporal --seeds $(SEEDS) --output docs/pretrain/ablation-temporal.md
+	$(STUDY) tasks --seeds $(SEEDS) --output docs/pretrain/ablation-tasks.md
 
-ablation-tasks: setup
+ablation-temporal ablation-tasks: setup
 	test -f runs/world/world.json || $(BIN)/streamformer synthetic runs/world
-	$(BIN)/python -m streamformer_pretrain.ablation tasks --output docs/pretrain/ablation-tasks.md
+	$(STUDY) $(@:ablation-%=%) --seeds $(SEEDS) --output docs/pretrain/$@.md
 
 # Online action detection on the synthetic world (after `make demo`, which it runs if needed):
 # OAD features of every video from the pretrained tiny backbone (our stream protocol, the

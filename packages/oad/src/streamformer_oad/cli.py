@@ -5,6 +5,7 @@ streamformer-oad fit --config configs/oad/synthetic-mat.yaml
 streamformer-oad test --config configs/oad/synthetic-mat.yaml --ckpt_path CKPT [--data.evaluation online]
 streamformer-oad plot CKPT [--session video_id] --output scores.png
 streamformer-oad demo          # the synthetic comparison behind `make oad-demo`
+streamformer-oad seeds         # the same over seeds (mean ± std), part of `make seeds`
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ def cli(args: list[str] | None = None, run: bool = True) -> OADCLI:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["extract"], ["plot"], ["demo"]):
+    if argv[:1] in (["extract"], ["plot"], ["demo"], ["seeds"]):
         from jsonargparse import CLI
 
-        from .demo import plot, run_demo
+        from .demo import plot, run_demo, run_seeds
         from .features import extract_features
 
-        CLI({"extract": extract_features, "plot": plot, "demo": run_demo}, args=argv, as_positional=True)
+        CLI({"extract": extract_features, "plot": plot, "demo": run_demo, "seeds": run_seeds}, args=argv, as_positional=True)
         return
     cli(argv if argv != sys.argv[1:] else None)
 

@@ -15,11 +15,13 @@ window mode) against chance:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from streamformer.spread import exceeds_spread, format_spread, mean_std
 from streamformer.synthetic import REVERSED_ACTION
 
 from .data import load_session
@@ -104,6 +106,41 @@ def reversed_partner_rates(module: OnlineActionDetection, data: OADDataModule) -
     return right / total, reversed_ / total
 
 
+def compare_feature_sets(
+    backbone: str, world: str, config: str, output: str, seed: int | None = None, features: str = ""
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Extract the four feature sets, train MAT on each and test it; returns the results and the
+    last checkpoint of each run.
+
+    Args:
+        features: sub-folder of `<world>/oad` for the features (one per backbone when several are compared).
+        seed: MAT's `seed_everything` and window-offset seed (default: the config's).
+    """
+    from .cli import cli
+
+    results: dict[str, dict[str, float]] = {}
+    checkpoints = {}
+    for name, settings in FEATURE_SETS.items():
+        out_dir = Path(world) / "oad" / features / name
+        summary = extract_features(backbone, Path(world) / "videos", out_dir, replace_stale=True, **settings)
+        if summary.failed:
+            raise RuntimeError(f"{len(summary.failed)} videos could not be read: {summary.failed[:5]}")
+    seeded = [] if seed is None else ["--seed_everything", str(seed), "--data.seed", str(seed)]
+    for name in FEATURE_SETS:
+        feature = str(Path(features) / name) if features else name
+        run = cli(["--config", config, "--data.root", str(Path(world) / "oad"), "--data.visual_feature", feature,
+                   "--trainer.default_root_dir", f"{output}/{name}", *seeded], run=False)  # fmt: skip
+        run.trainer.fit(run.model, run.datamodule)
+        checkpoints[name] = run.trainer.checkpoint_callback.last_model_path
+        results[name] = {}
+        for evaluation in ("online", "windows"):
+            metrics = run.trainer.test(run.model, run.datamodule.with_evaluation(evaluation), verbose=False)[0]
+            results[name][evaluation] = metrics["test/mAP"]
+            results[name][f"{evaluation} chance"] = metrics["test/chance"]
+        results[name]["right"], results[name]["reversed"] = reversed_partner_rates(run.model, run.datamodule)
+    return results, checkpoints
+
+
 def run_demo(
     backbone: str = "runs/pretrain-tiny/backbone",
     world: str = "runs/world",
@@ -120,27 +157,7 @@ def run_demo(
         output: training runs go to `<output>/<feature set>/`.
         docs: the table (`synthetic.md`, `.json`) and the score plot go here.
     """
-    from .cli import cli
-
-    results: dict[str, dict[str, float]] = {}
-    checkpoints = {}
-    for name, settings in FEATURE_SETS.items():
-        summary = extract_features(backbone, Path(world) / "videos", Path(world) / "oad" / name, replace_stale=True, **settings)
-        if summary.failed:
-            raise RuntimeError(f"{len(summary.failed)} videos could not be read: {summary.failed[:5]}")
-    for name in FEATURE_SETS:
-        run = cli(
-            ["--config", config, "--data.visual_feature", name, "--trainer.default_root_dir", f"{output}/{name}"], run=False
-        )
-        run.trainer.fit(run.model, run.datamodule)
-        checkpoints[name] = run.trainer.checkpoint_callback.last_model_path
-        results[name] = {}
-        for evaluation in ("online", "windows"):
-            metrics = run.trainer.test(run.model, run.datamodule.with_evaluation(evaluation), verbose=False)[0]
-            results[name][evaluation] = metrics["test/mAP"]
-            results[name][f"{evaluation} chance"] = metrics["test/chance"]
-        results[name]["right"], results[name]["reversed"] = reversed_partner_rates(run.model, run.datamodule)
-
+    results, checkpoints = compare_feature_sets(backbone, world, config, output)
     table = format_table(results)
     print(table)
     docs_path = Path(docs)
@@ -156,6 +173,71 @@ def run_demo(
         )
     )
     return results
+
+
+def run_seeds(
+    backbones: str = "runs/studies/all-causal-config-epochs/seed{seed}/backbone",
+    seeds: Sequence[int] = (0, 1, 2),
+    world: str = "runs/world",
+    config: str = "configs/oad/synthetic-mat.yaml",
+    output: str = "runs/oad-seeds",
+    report: str = "docs/oad/seeds.md",
+) -> dict[int, dict[str, dict[str, float]]]:
+    """The OAD comparison over seeds: for each seed, the backbone pretrained with that seed and MAT
+    trained with it; writes mean ± std per feature set. Resumable: a seed whose results exist is reused.
+
+    Args:
+        backbones: backbone directory per seed, with `{seed}` in it (`make seeds` pretrains them).
+        seeds: the seeds.
+        world, config: as for `demo`.
+        output: runs go to `<output>/seed<seed>/<feature set>/`, with `results.json` per seed.
+        report: the Markdown table to write.
+    """
+    per_seed = {}
+    for seed in seeds:
+        results_file = Path(output) / f"seed{seed}" / "results.json"
+        if results_file.is_file():
+            per_seed[seed] = json.loads(results_file.read_text())
+            continue
+        backbone = backbones.format(seed=seed)
+        per_seed[seed], _ = compare_feature_sets(backbone, world, config, str(results_file.parent), seed, f"seed{seed}")
+        results_file.write_text(json.dumps(per_seed[seed], indent=2) + "\n")
+    text = format_seeds_report(per_seed)
+    Path(report).parent.mkdir(parents=True, exist_ok=True)
+    Path(report).write_text(text)
+    print(text)
+    return per_seed
+
+
+def format_seeds_report(per_seed: dict[int, dict[str, dict[str, float]]]) -> str:
+    runs = list(per_seed.values())
+    names = list(runs[0])
+
+    def values(name: str, key: str) -> list[float]:
+        return [r[name][key] for r in runs]
+
+    lines = [
+        "# Online action detection on the synthetic world, over seeds",
+        "",
+        f"Produced by `make seeds` (`streamformer-oad seeds`): for each seed ({', '.join(map(str, per_seed))}) the tiny",
+        "backbone pretrained with that seed (`make demo`'s recipe), its four feature sets and MAT trained with that",
+        "seed; per-frame online and window mAP on the held-out split as mean ± std. Float results differ",
+        "between machines by about the spread.",
+        "",
+        "| features | per-frame online mAP | window mAP (paper's mode) | action frames right |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in names:
+        lines.append(f"| {name} | {format_spread(values(name, 'online'))} | {format_spread(values(name, 'windows'))} "
+                     f"| {format_spread(values(name, 'right'))} |")  # fmt: skip
+    lines += [f"| chance | {runs[0][names[0]]['online chance']:.3f} | {runs[0][names[0]]['windows chance']:.3f} | |", ""]
+    stream = values("streamformer_stream", "online")
+    for other, claim in (("streamformer_stream_no_temporal", "causal temporal branch on vs off"),
+                         ("streamformer_chunks", "our stream protocol vs the original 6-frame chunks")):  # fmt: skip
+        diff = mean_std(stream)[0] - mean_std(values(other, "online"))[0]
+        verdict = "exceeds the spread" if exceeds_spread(stream, values(other, "online")) else "within the spread"
+        lines.append(f"- {claim} (`streamformer_stream` - `{other}`): {diff:+.3f} online mAP, {verdict}")
+    return "\n".join(lines) + "\n"
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
