@@ -119,7 +119,7 @@ def original_layout_checkpoint(directory, num_layers: int = 12, lora: bool = Tru
         "layer_norm_eps": 1e-6,
         "qkv_bias": True,
         "attention_type": "divided_space_time",
-        "drop_path_rate": 0.0,
+        "drop_path_rate": 0,  # an int in the original config.json (its default); transformers reads it strictly
         "clip_config": {"model_type": "siglip"},
         "enable_causal_temporal": True,
         "add_lora_spatial": lora,

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from backbone_helpers import original_layout_checkpoint, tiny_siglip
-from transformers import AutoModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, TimesformerConfig, TimesformerModel
 
 from streamformer import StreamFormerConfig, StreamFormerModel, StreamFormerVisionModel
-from streamformer.checkpoints import detect_format, from_siglip, load_original
+from streamformer.checkpoints import detect_format, from_siglip, load_model, load_original
 from streamformer.testing import tiny_model
 
 
@@ -227,3 +228,67 @@ def test_original_config_keys_of_transformers_are_accepted_and_strangers_named(t
         ours = StreamFormerConfig.from_original(config)
     assert ours.num_hidden_layers == 1
     assert "['mystery_knob']" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Every public loading route: the converted model, or a refusal that says what to run
+
+
+@torch.no_grad()
+def test_original_checkpoint_loads_the_same_by_every_route(tmp_path, video_tensor, caplog):
+    original_layout_checkpoint(tmp_path, num_layers=2)
+    expected = load_original(tmp_path)[0].eval()(video_tensor)
+    with caplog.at_level("WARNING", logger="streamformer.checkpoints"):
+        routes = {
+            "StreamFormerVisionModel.from_pretrained": StreamFormerVisionModel.from_pretrained(tmp_path),
+            "AutoModel.from_pretrained": AutoModel.from_pretrained(tmp_path),
+            "load_model (LoRA merged)": load_model(tmp_path),
+        }
+    assert caplog.text.count("converted the original StreamFormer checkpoint") == 3
+    assert "ignored     encoder.layer.1.temporal_attention.attention.mask" in caplog.text  # convert's report
+    for route, model in routes.items():
+        assert isinstance(model, StreamFormerVisionModel) and not model.training, route
+        out = model(video_tensor)
+        torch.testing.assert_close(out.last_hidden_state, expected.last_hidden_state, atol=1e-5, rtol=0, msg=route)
+        torch.testing.assert_close(out.pooler_output, expected.pooler_output, atol=1e-5, rtol=0, msg=route)
+    assert routes["load_model (LoRA merged)"].config.add_lora_spatial is False
+    interpolated = StreamFormerVisionModel.from_pretrained(tmp_path, temporal_position="interpolate", dtype=torch.bfloat16)
+    assert interpolated.config.temporal_position == "interpolate" and interpolated.dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="streamformer convert"):
+        StreamFormerVisionModel.from_pretrained(tmp_path, device_map="auto")
+    with pytest.raises(ValueError, match=r"StreamFormerVisionModel\.from_pretrained"):
+        StreamFormerModel.from_pretrained(tmp_path)  # the original holds no text tower
+
+
+def test_a_checkpoint_missing_one_tensor_is_refused_by_name(tmp_path, caplog):
+    state, _ = original_layout_checkpoint(tmp_path / "original", num_layers=2)
+    del state["encoder.layer.1.temporal_dense.bias"]
+    save_file(state, tmp_path / "original" / "model.safetensors")
+    for load in (StreamFormerVisionModel.from_pretrained, AutoModel.from_pretrained):
+        with pytest.raises(ValueError, match=r"encoder\.layer\.1\.temporal_dense\.bias"):
+            load(tmp_path / "original")
+    partial = StreamFormerVisionModel.from_pretrained(tmp_path / "original", allow_partial=True)
+    assert isinstance(partial, StreamFormerVisionModel)
+
+    tiny_model().save_pretrained(tmp_path / "ours")
+    ours = load_file(tmp_path / "ours" / "model.safetensors")
+    del ours["encoder.layer.0.attention.output.dense.lora_A.default.weight"]
+    ours["encoder.layer.0.stray.weight"] = torch.zeros(1)
+    save_file(ours, tmp_path / "ours" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"(?s)dense\.lora_A\.default\.weight.*stray\.weight.*allow_partial=True"):
+        StreamFormerVisionModel.from_pretrained(tmp_path / "ours")
+    with caplog.at_level("WARNING", logger="streamformer.checkpoints"):
+        StreamFormerVisionModel.from_pretrained(tmp_path / "ours", allow_partial=True)
+    assert "encoder.layer.0.stray.weight" in caplog.text
+
+
+def test_siglip_and_timesformer_checkpoints_are_refused_and_timesformer_still_loads_by_auto(tmp_path):
+    tiny_siglip().save_pretrained(tmp_path / "siglip")
+    with pytest.raises(ValueError, match="streamformer convert"):
+        StreamFormerVisionModel.from_pretrained(tmp_path / "siglip")
+    config = TimesformerConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=1,
+                               num_attention_heads=4, intermediate_size=64)  # fmt: skip
+    TimesformerModel(config).save_pretrained(tmp_path / "timesformer")
+    with pytest.raises(ValueError, match="TimeSformer checkpoint, not a StreamFormer"):
+        StreamFormerVisionModel.from_pretrained(tmp_path / "timesformer")
+    assert type(AutoModel.from_pretrained(tmp_path / "timesformer")) is TimesformerModel  # transformers' own, untouched

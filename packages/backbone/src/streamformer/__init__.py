@@ -1,5 +1,6 @@
 """StreamFormer: a causal, streamable video backbone built on SigLIP."""
 
+from . import checkpoints  # noqa: F401 (registers the AutoModel route for original checkpoints)
 from .cache import TemporalKVCache, temporal_attention_mask
 from .config import StreamFormerConfig
 from .model import (

@@ -6,6 +6,11 @@
   `timesformer.` prefix, unused `mask` buffers, LoRA kept or merged), with a report that names
   every key that was not used.
 * Our own format is `save_pretrained` / `from_pretrained` (safetensors).
+
+Every public loading route gives the same model or refuses: `StreamFormerVisionModel.from_pretrained`
+and `AutoModel.from_pretrained` convert an original checkpoint on the fly (with the report of
+`streamformer convert`), refuse SigLIP and TimeSformer checkpoints with the command to run, and
+refuse weights that do not cover the model unless `allow_partial=True`.
 """
 
 from __future__ import annotations
@@ -22,14 +27,19 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
-from transformers import SiglipModel, SiglipVisionModel
+from transformers import AutoModel, SiglipModel, SiglipVisionModel, TimesformerConfig, TimesformerModel
+from transformers.utils import cached_file
 
-from .config import StreamFormerConfig
-from .model import StreamFormerModel, StreamFormerVisionModel
+from .config import StreamFormerConfig, is_original_config
+from .model import StreamFormerModel, StreamFormerPreTrainedModel, StreamFormerVisionModel
 
 logger = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# `from_pretrained` arguments that say where files come from (a local folder or a hub cache).
+HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_AUTO_KWARGS = ("adapter_kwargs", "trust_remote_code", "code_revision", "output_loading_info", "use_safetensors", "weights_only")
 _ORIGINAL_LORA = re.compile(r"^(encoder\.layer\.\d+\.attention\.(?:attention\.qkv|output\.dense))_lora_([ab])\.weight$")
 
 
@@ -296,13 +306,140 @@ def load_original(
     return model, report
 
 
-def detect_format(path: str | os.PathLike) -> str:
-    """ "siglip", "original" or "streamformer", from the directory's config.json model_type."""
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
+def read_config(path: str | os.PathLike, **hub_kwargs: Any) -> dict[str, Any]:
+    """The config.json of a checkpoint folder or hub id, as a dict."""
+    try:
+        config_file = cached_file(path, "config.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+    except OSError as error:  # neither a folder here nor a hub id that can be read
+        raise FileNotFoundError(f"no checkpoint at {path}: not a folder, and not readable as a hub id ({error})") from error
+    if config_file is None:
         raise FileNotFoundError(f"no config.json in {path}")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    formats = {"siglip": "siglip", "siglip_vision_model": "siglip", "timesformer": "original", "streamformer": "streamformer"}
-    if model_type not in formats:
-        raise ValueError(f"{config_file}: model_type {model_type!r} is none of {sorted(formats)}")
-    return formats[model_type]
+    return json.loads(Path(config_file).read_text())
+
+
+def detect_format(path: str | os.PathLike, **hub_kwargs: Any) -> str:
+    """ "siglip", "original" or "streamformer", from the checkpoint's config.json."""
+    config = read_config(path, **hub_kwargs)
+    model_type = config.get("model_type")
+    if model_type in ("siglip", "siglip_vision_model"):
+        return "siglip"
+    if model_type == "streamformer":
+        return "streamformer"
+    if model_type == "timesformer":
+        if is_original_config(config):
+            return "original"
+        raise ValueError(f"{path} is a transformers TimeSformer checkpoint, not a StreamFormer one")
+    raise ValueError(
+        f"{path}: config.json model_type {model_type!r} is none of siglip, timesformer (original StreamFormer), streamformer"
+    )
+
+
+def conversion_report(path: str | os.PathLike, report: LoadReport) -> str:
+    """What `streamformer convert` prints, and `from_pretrained` logs when it converts on the fly."""
+    return f"converted the original StreamFormer checkpoint {path}: {report}"
+
+
+def _original_weights(path: str | os.PathLike, **hub_kwargs: Any) -> str:
+    for name in WEIGHT_FILES:
+        found = cached_file(path, name, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+        if found is not None:
+            return found
+    raise FileNotFoundError(f"no weights in {path}: expected one of {WEIGHT_FILES}")
+
+
+def convert_if_original(
+    cls: type[StreamFormerPreTrainedModel], path: str | os.PathLike, kwargs: dict[str, Any], allow_partial: bool
+) -> StreamFormerVisionModel | None:
+    """`from_pretrained`'s first step: the converted model when `path` holds an original
+    checkpoint, None when it holds ours; a clear error for SigLIP and TimeSformer checkpoints.
+
+    `kwargs` are `from_pretrained`'s: where files come from, `dtype`, `attn_implementation`,
+    `merge_lora` and config fields (e.g. `temporal_position`) are honoured; anything else is refused.
+    """
+    hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+    kind = detect_format(path, **hub_kwargs)
+    if kind == "streamformer":
+        return None
+    if kind == "siglip":
+        raise ValueError(
+            f"{path} is a SigLIP checkpoint: `streamformer convert {path} OUTPUT` (or "
+            "streamformer.checkpoints.from_siglip) initialises a StreamFormer from it"
+        )
+    if cls is not StreamFormerVisionModel:
+        raise ValueError(
+            f"{path} is an original StreamFormer checkpoint, which holds the video tower only: load it with "
+            f"StreamFormerVisionModel.from_pretrained, or write it in our format with `streamformer convert {path} OUTPUT`"
+        )
+    # What AutoModel adds on its own (adapter look-up options, trust_remote_code) has nothing to do here.
+    options = {k: v for k, v in kwargs.items() if k not in HUB_KWARGS and k not in _AUTO_KWARGS and not k.startswith("_")}
+    merge = bool(options.pop("merge_lora", False))
+    dtype = options.pop("dtype", None) or options.pop("torch_dtype", None)
+    attention = options.pop("attn_implementation", None)
+    overrides = {k: options.pop(k) for k in list(options) if k in StreamFormerConfig.__dataclass_fields__}
+    if options:
+        raise TypeError(
+            f"from_pretrained options {sorted(options)} are not supported while converting the original checkpoint "
+            f"{path} on the fly: run `streamformer convert {path} OUTPUT` once, then load OUTPUT with them"
+        )
+    config = read_config(path, **hub_kwargs)
+    model, report = load_original(
+        _original_weights(path, **hub_kwargs), config=config, merge_lora=merge, strict=not allow_partial, **overrides
+    )
+    logger.warning(conversion_report(path, report))
+    if attention is not None:
+        model.set_attn_implementation(attention)
+    if dtype is not None and dtype != "auto":
+        model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    return model.eval()
+
+
+def check_weights_cover(model: torch.nn.Module, info: dict[str, Any], path: str | os.PathLike, allow_partial: bool) -> None:
+    """Refuse (or, with `allow_partial`, warn about) weights that leave part of the model at its
+    random initialisation, or that hold tensors the model has no place for; every key is named."""
+    mismatched = [f"{key} (checkpoint {tuple(a)}, model {tuple(b)})" for key, a, b in info.get("mismatched_keys", ())]
+    problems = {
+        "missing (left at random initialisation)": sorted(info.get("missing_keys", ())),
+        "unexpected (not used)": sorted(info.get("unexpected_keys", ())),
+        "of another shape (left at random initialisation)": sorted(mismatched),
+    }
+    if not any(problems.values()):
+        return
+    lines = [f"{len(keys)} keys {what}:\n" + "\n".join(f"  {k}" for k in keys) for what, keys in problems.items() if keys]
+    message = f"the weights in {path} do not cover {type(model).__name__}; " + "\n".join(lines)
+    if allow_partial:
+        logger.warning(message)
+        return
+    raise ValueError(
+        f"{message}\nPass allow_partial=True to load them anyway. An original StreamFormer checkpoint "
+        f"(config.json model_type 'timesformer') converts with `streamformer convert {path} OUTPUT`."
+    )
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", dtype: str = "float32") -> StreamFormerVisionModel:
+    """A StreamFormer vision model for inference, from our format or an original checkpoint:
+    LoRA merged into the spatial weights (the same function, one matmul fewer per projection), in
+    eval mode on `device` in `dtype` ("float32" or "bfloat16")."""
+    model = StreamFormerVisionModel.from_pretrained(path)
+    if model.config.add_lora_spatial:
+        model.merge_lora()
+    return model.to(device=device, dtype=DTYPES[dtype]).eval()
+
+
+class OriginalAwareTimesformerModel(TimesformerModel):
+    """What `AutoModel` builds for model_type "timesformer" once `streamformer` is imported:
+    transformers' TimesformerModel, except that an original StreamFormer checkpoint (whose config
+    says "timesformer" too, with StreamFormer's own fields) is converted on the fly to a
+    `StreamFormerVisionModel` instead of being loaded into the wrong architecture."""
+
+    config_class = TimesformerConfig
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        config = kwargs.get("config")
+        if isinstance(config, TimesformerConfig) and is_original_config({"model_type": "timesformer", **config.to_dict()}):
+            kwargs.pop("config")
+            return StreamFormerVisionModel.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return TimesformerModel.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+
+AutoModel.register(TimesformerConfig, OriginalAwareTimesformerModel, exist_ok=True)

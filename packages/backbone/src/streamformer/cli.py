@@ -19,21 +19,11 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .checkpoints import detect_format, from_siglip, load_original
+from .checkpoints import DTYPES, conversion_report, detect_format, from_siglip, load_model, load_original
 from .model import StreamFormerModel, StreamFormerVisionModel
 from .video import FrameSource, VideoReadError, load_clip, segment_indices, video_info
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 Dtype = Literal["float32", "bfloat16"]
-
-
-def load_model(path: str, device: str = "cpu", dtype: Dtype = "float32") -> StreamFormerVisionModel:
-    """A StreamFormer vision model from our format or an original checkpoint directory."""
-    kind = detect_format(path)
-    if kind == "siglip":
-        raise ValueError(f"{path} is a SigLIP checkpoint: run `streamformer convert {path} OUTPUT` first")
-    model = load_original(path)[0] if kind == "original" else StreamFormerVisionModel.from_pretrained(path)
-    return model.to(device=device, dtype=DTYPES[dtype]).eval()
 
 
 def info(path: str | None = None) -> None:
@@ -57,7 +47,7 @@ def info(path: str | None = None) -> None:
     kind = detect_format(path)
     print(f"checkpoint {path}: {kind} format")
     if kind != "siglip":
-        model = load_model(path)
+        model = StreamFormerVisionModel.from_pretrained(path)
         total = sum(p.numel() for p in model.parameters())
         lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
         print(json.dumps({k: v for k, v in model.config.to_dict().items() if not k.startswith("_")}, indent=1, default=str))
@@ -81,7 +71,7 @@ def convert(source: str, output: str, merge_lora: bool = False, num_frames: int 
         model = from_siglip(source, num_frames=num_frames, hidden_act=hidden_act)
     else:
         model, report = load_original(source, merge_lora=merge_lora)
-        print(f"loaded original checkpoint: {report}")
+        print(conversion_report(source, report))
     model.save_pretrained(output)
     kind_name = "StreamFormerModel (video + text)" if isinstance(model, StreamFormerModel) else "StreamFormerVisionModel"
     print(f"wrote {kind_name} to {output}")

@@ -19,6 +19,18 @@ logger = logging.getLogger(__name__)
 
 # Keys of the original config.json that carry no information for this implementation.
 _ORIGINAL_IGNORED_KEYS = ("clip_config", "architectures", "transformers_version", "model_type", "torch_dtype", "dtype")
+# Fields that only the original StreamFormer config has, not transformers' own TimeSformer (both
+# say model_type "timesformer").
+_ORIGINAL_ONLY_KEYS = ("clip_config", "enable_causal_temporal", "add_lora_spatial")
+
+
+def is_original_config(config: dict[str, Any]) -> bool:
+    """Whether a config dict is the original StreamFormer's (model_type "timesformer", as
+    transformers' TimeSformer, but with StreamFormer's own fields or class name)."""
+    if config.get("model_type") != "timesformer":
+        return False
+    architectures = config.get("architectures") or []
+    return any(k in config for k in _ORIGINAL_ONLY_KEYS) or any("SigLIP" in a or "Streamformer" in a for a in architectures)
 
 
 class StreamFormerConfig(PretrainedConfig):

@@ -363,6 +363,24 @@ class StreamFormerPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, math.log(10.0))
             init.constant_(module.logit_bias, -2.0)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, allow_partial: bool = False, **kwargs):
+        """Load our format; convert an original StreamFormer checkpoint on the fly (vision model only).
+
+        Refuses, naming the command to run, a SigLIP or TimeSformer checkpoint, and refuses weights
+        that do not cover the model (missing, unexpected or reshaped keys, all named) unless
+        `allow_partial=True`. With an original checkpoint, `merge_lora=True` folds LoRA in.
+        """
+        from .checkpoints import check_weights_cover, convert_if_original  # they import this module
+
+        converted = convert_if_original(cls, pretrained_model_name_or_path, kwargs, allow_partial)
+        if converted is not None:
+            return (converted, {}) if kwargs.get("output_loading_info") else converted
+        with_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
+        check_weights_cover(model, info, pretrained_model_name_or_path, allow_partial)
+        return (model, info) if with_info else model
+
     @property
     def attention_implementation(self) -> str:
         implementation = self.config._attn_implementation or "sdpa"

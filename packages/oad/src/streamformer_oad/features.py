@@ -54,7 +54,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from streamformer import StreamFormerVisionModel
-from streamformer.cli import load_model
+from streamformer.checkpoints import load_model
 from streamformer.video import open_video, preprocess, read_frames, resample_indices
 
 log = logging.getLogger(__name__)
