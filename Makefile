@@ -24,11 +24,23 @@ $(VENV)/.installed: constraints.txt $(PACKAGES)
 # held-out video through it frame by frame.
 TINY := runs/pretrain-tiny
 demo: setup
+	@echo "== 1/5 writing the synthetic world (runs/world)"
 	$(BIN)/streamformer synthetic runs/world
-	$(BIN)/streamformer-pretrain fit --config configs/pretrain/synthetic-tiny.yaml --trainer.enable_progress_bar true
-	$(BIN)/streamformer-pretrain evaluate $(TINY)/checkpoints/last.ckpt --root runs/world --output docs/pretrain/synthetic-tiny.md
+	@echo "== 2/5 pretraining the tiny StreamFormer on six tasks (configs/pretrain/synthetic-tiny.yaml)"
+	$(BIN)/streamformer-pretrain fit --config configs/pretrain/synthetic-tiny.yaml --trainer.enable_progress_bar true --trainer.enable_model_summary false
+	@echo "== 3/5 evaluating on the held-out videos"
+	$(BIN)/streamformer-pretrain evaluate $(TINY)/checkpoints/last.ckpt --root runs/world --output docs/pretrain/synthetic-tiny.md > /dev/null
+	@echo "== 4/5 exporting the backbone"
 	$(BIN)/streamformer-pretrain export $(TINY)/checkpoints/last.ckpt $(TINY)/backbone
-	$(BIN)/streamformer stream runs/world/videos/v000800.mp4 $(TINY)/backbone --max_frames 16 --plot $(TINY)/stream.png
+	@echo "== 5/5 streaming a held-out video through it frame by frame (KV cache, 16-frame window)"
+	$(BIN)/streamformer stream runs/world/videos/v000800.mp4 $(TINY)/backbone --max_frames 16 --print_every 24 --plot $(TINY)/stream.png
+	@echo ""
+	@cat docs/pretrain/synthetic-tiny.md
+	@echo ""
+	@echo "One training run (seed 0); figures vary by a few hundredths with the seed and the machine:"
+	@echo "docs/pretrain/seeds-demo.md has mean ± std over seeds (make seeds)."
+	@echo "Files: docs/pretrain/synthetic-tiny.md (table), $(TINY)/checkpoints/last.ckpt (Lightning),"
+	@echo "       $(TINY)/backbone (StreamFormerVisionModel.from_pretrained), $(TINY)/stream.png (per-frame plot)."
 
 # Learned figures as mean ± std over seeds (each seed: initialisation and data order; the world is
 # fixed): the demo recipe, the OAD comparison on each seed's backbone, and both ablations in the
@@ -69,6 +81,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/streaming_latency.py --output docs/benchmarks/streaming_latency.md
+	$(BIN)/python benchmarks/history_scaling.py --output docs/benchmarks/history_scaling.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

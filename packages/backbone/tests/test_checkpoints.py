@@ -292,3 +292,16 @@ def test_siglip_and_timesformer_checkpoints_are_refused_and_timesformer_still_lo
     with pytest.raises(ValueError, match="TimeSformer checkpoint, not a StreamFormer"):
         StreamFormerVisionModel.from_pretrained(tmp_path / "timesformer")
     assert type(AutoModel.from_pretrained(tmp_path / "timesformer")) is TimesformerModel  # transformers' own, untouched
+
+
+def test_text_config_special_tokens_lie_inside_the_vocabulary(tmp_path):
+    """transformers' SiglipTextConfig defaults to CLIP's bos/eos (49406/49407) with a 32,000-word
+    vocabulary; ours and every text config converted from SigLIP keep them inside it."""
+    default = StreamFormerConfig(text_config={}).text_config
+    ids = {name: getattr(default, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    assert ids == {"bos_token_id": None, "eos_token_id": 1, "pad_token_id": 1} and default.vocab_size == 32000
+    siglip = tiny_siglip()
+    siglip.config.text_config.bos_token_id, siglip.config.text_config.eos_token_id = 49406, 49407  # the library's defaults
+    siglip.save_pretrained(tmp_path / "siglip")
+    text = from_siglip(tmp_path / "siglip").config.text_config
+    assert (text.bos_token_id, text.eos_token_id, text.pad_token_id) == (None, 1, 0)

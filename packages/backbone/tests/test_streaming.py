@@ -147,3 +147,43 @@ def test_stage_methods_compose_to_forward():
     pooled = model.forward_head(model.post_layernorm(hidden))
     torch.testing.assert_close(pooled, model(video).pooler_output, atol=1e-5, rtol=0)
     assert cache.next_frame == 5 and isinstance(cache, TemporalKVCache)
+
+
+def unfused(model, video, chunks=None):
+    """The training-time computation (two projections, then the gate): gradients enabled, none needed."""
+    model.requires_grad_(False)
+    with torch.enable_grad():
+        if chunks is None:
+            return model(video).pooler_output
+        cache = model.new_cache()
+        return torch.cat([model(part, cache=cache).pooler_output for part in video.split(chunks, dim=1)], 1)
+
+
+def assert_same(actual, expected, dtype, msg=""):
+    """fp32: within 1e-5 everywhere. bf16: within 1e-2 relative (in norm), the size of bf16's own
+    rounding against fp32 on this model (both bf16 paths are about 0.008 from the fp32 one)."""
+    if dtype == torch.float32:
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0, msg=msg)
+    else:
+        relative = ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
+        assert relative < 1e-2, f"{msg}: relative difference {relative:.4f}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_temporal_output_equals_the_two_projections(dtype):
+    """Inference folds tanh(gate) * temporal_dense(output.dense(x)) into one matrix: same outputs,
+    offline and streaming, and rebuilt when the weights change."""
+    model = tiny_model(num_hidden_layers=2).to(dtype)
+    video = torch.randn(1, 7, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(dtype)
+    for chunks in (None, 1, 3):
+        reference = unfused(model, video, chunks)
+        with torch.no_grad():
+            cache = None if chunks is None else model.new_cache()
+            parts = [video] if chunks is None else video.split(chunks, dim=1)
+            fused = torch.cat([model(part, cache=cache).pooler_output for part in parts], 1)
+        assert_same(fused, reference, dtype, msg=f"chunks {chunks}")
+    layer = model.encoder.layer[0]
+    assert len(layer.fused_temporal_output()) == 2 and not any("fused" in k for k in model.state_dict())
+    with torch.no_grad():
+        layer.temporal_dense.weight.mul_(-1)  # an in-place change: the fused matrix must follow
+        assert_same(model(video).pooler_output, unfused(model, video), dtype, msg="after an in-place change")

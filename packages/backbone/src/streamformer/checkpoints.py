@@ -178,6 +178,11 @@ def from_siglip(
         raise ValueError(f"{path} holds a SigLIP vision tower only: cannot build the text tower (with_text=False)")
     siglip = (SiglipModel if has_text else SiglipVisionModel).from_pretrained(path)
     vision_cfg = siglip.config.vision_config if has_text else siglip.config
+    text_config = siglip.config.text_config.to_dict() if with_text else None
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id") if with_text else ():
+        value = text_config.get(name)
+        if isinstance(value, int) and not 0 <= value < text_config["vocab_size"]:
+            del text_config[name]  # transformers' CLIP defaults, outside SigLIP's vocabulary: SigLIP's own
     config = StreamFormerConfig(
         image_size=vision_cfg.image_size,
         patch_size=vision_cfg.patch_size,
@@ -192,7 +197,7 @@ def from_siglip(
         add_lora_spatial=add_lora_spatial,
         lora_rank=lora_rank,
         lora_alpha=float(lora_rank),
-        text_config=siglip.config.text_config.to_dict() if with_text else None,
+        text_config=text_config,
     )
     model = StreamFormerModel(config) if with_text else StreamFormerVisionModel(config)
     vision = model.timesformer if with_text else model

@@ -126,7 +126,7 @@ def encode(
         source = FrameSource(video, chunk_size=chunk_size, fps=fps, size=size)
         cache = net.new_cache(max_frames=max_frames, sink_frames=sink_frames)
         spatial_parts, temporal_parts, indices = [], [], []
-        for frames, idx in tqdm(source, desc=f"encode {Path(video).name}", unit="chunk"):
+        for frames, idx in tqdm(source, desc=f"encode {Path(video).name}", unit="chunk", disable=None):
             out = net(frames[None].to(**to_model), cache=cache)
             temporal_parts.append(out.pooler_output[0].float().cpu())
             if spatial:
@@ -151,6 +151,7 @@ def stream(
     max_frames: int | None = None,
     sink_frames: int = 0,
     plot: str | None = "stream.png",
+    print_every: int = 1,
     device: str = "cpu",
     dtype: Dtype = "float32",
 ) -> list[dict]:
@@ -164,12 +165,16 @@ def stream(
         max_frames: temporal window in frames; none = unbounded.
         sink_frames: first frames kept attendable under the window.
         plot: PNG to save per-frame latency and feature plots to (none: no plot).
+        print_every: print the line of every N-th frame (all frames go to the plot and the summary).
     """
+    if print_every < 1:
+        raise ValueError(f"print_every must be >= 1, got {print_every}")
     net = load_model(model, device, dtype)
     source = FrameSource(video, chunk_size=chunk_size, fps=fps, size=net.config.image_size)
     cache = net.new_cache(max_frames=max_frames, sink_frames=sink_frames)
     records, previous = [], None
-    bar = tqdm(source, desc=f"stream {Path(video).name}", unit="chunk")
+    # The bar only on a terminal (disable=None): in a log it would interleave with the frame lines.
+    bar = tqdm(source, desc=f"stream {Path(video).name}", unit="chunk", disable=None)
     for frames, indices in bar:
         start = time.perf_counter()
         out = net(frames[None].to(device=device, dtype=DTYPES[dtype]), cache=cache)
@@ -187,9 +192,10 @@ def stream(
                 "cos_prev": cos,
             }
             records.append(record)
-            bar.write(
-                f"frame {i:5d}  t={record['time_s']:7.2f}s  {latency:8.2f} ms/frame  |f|={record['norm']:8.3f}  cos(prev)={cos:+.4f}"
-            )
+            if (len(records) - 1) % print_every == 0:
+                bar.write(
+                    f"frame {i:5d}  t={record['time_s']:7.2f}s  {latency:8.2f} ms/frame  |f|={record['norm']:8.3f}  cos(prev)={cos:+.4f}"
+                )
     mean = sum(r["latency_ms"] for r in records[1:]) / max(1, len(records) - 1)
     print(f"{len(records)} frames, {mean:.2f} ms per frame after the first, cache {cache.nbytes() / 2**20:.1f} MiB")
     if plot:
@@ -236,7 +242,10 @@ def synthetic(root: str, num_train: int = 800, num_val: int = 200, seed: int = 0
 
 
 def main(argv: list[str] | None = None) -> None:
+    import transformers
     from jsonargparse import CLI
+
+    transformers.utils.logging.disable_progress_bar()  # loading one checkpoint: a bar adds nothing
 
     try:
         CLI([info, convert, encode, stream, synthetic], args=argv, as_positional=True)

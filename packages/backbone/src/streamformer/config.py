@@ -33,6 +33,18 @@ def is_original_config(config: dict[str, Any]) -> bool:
     return any(k in config for k in _ORIGINAL_ONLY_KEYS) or any("SigLIP" in a or "Streamformer" in a for a in architectures)
 
 
+class StreamFormerTextConfig(SiglipTextConfig):
+    """SigLIP's text tower config with special tokens inside its vocabulary.
+
+    transformers' `SiglipTextConfig` defaults to CLIP's bos/eos ids (49406/49407), which lie outside
+    SigLIP's 32,000-word vocabulary; SigLIP's tokenizer has no bos token and ends with `</s>` = 1.
+    (The tower pools the last token, so these ids never change its output; they only have to be valid.)
+    """
+
+    bos_token_id: int | None = None
+    eos_token_id: int | None = 1
+
+
 class StreamFormerConfig(PretrainedConfig):
     r"""Configuration of a StreamFormer video backbone (and, with `text_config`, its text tower).
 
@@ -58,12 +70,12 @@ class StreamFormerConfig(PretrainedConfig):
             frame t uses row min(t, num_frames - 1), streamable to any length. `"interpolate"`: the
             original's offline nearest resampling of the table to the clip length; not streamable
             past `num_frames`.
-        text_config: a `SiglipTextConfig` (or dict) for `StreamFormerModel`; the vision model
-            ignores it.
+        text_config: a `StreamFormerTextConfig` (SigLIP's, special tokens inside the vocabulary)
+            or dict for `StreamFormerModel`; the vision model ignores it.
     """
 
     model_type = "streamformer"
-    sub_configs_defaults = {"text_config": SubConfigSpec(SiglipTextConfig, optional=True)}
+    sub_configs_defaults = {"text_config": SubConfigSpec(StreamFormerTextConfig, optional=True)}
 
     image_size: int = 224
     patch_size: int = 16

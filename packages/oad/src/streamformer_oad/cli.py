@@ -11,10 +11,14 @@ streamformer-oad seeds         # the same over seeds (mean ± std), part of `mak
 from __future__ import annotations
 
 import sys
+import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
 from .module import OADDataModule, OnlineActionDetection
+
+# Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 # The memory and target lengths live once, in the model config; the data module reads them.
 LINKED_LENGTHS = {

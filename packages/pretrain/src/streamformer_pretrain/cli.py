@@ -7,10 +7,14 @@ streamformer-pretrain export CHECKPOINT.ckpt OUTPUT_DIR
 from __future__ import annotations
 
 import sys
+import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
 from .module import MultiTaskDataModule, StreamFormerPretraining
+
+# Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def export(checkpoint: str, output: str) -> None:
@@ -21,6 +25,7 @@ def export(checkpoint: str, output: str) -> None:
         output: directory; load it with `StreamFormerVisionModel.from_pretrained(output)`.
     """
     import torch
+    import transformers
 
     from streamformer import StreamFormerConfig, StreamFormerVisionModel
 
@@ -29,6 +34,7 @@ def export(checkpoint: str, output: str) -> None:
     weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
     model = StreamFormerVisionModel(StreamFormerConfig.from_dict(state["streamformer_config"]))
     model.load_state_dict(weights)
+    transformers.utils.logging.disable_progress_bar()  # one small file: a bar adds nothing
     model.save_pretrained(output)
     print(f"wrote the backbone of {checkpoint} to {output}")
 

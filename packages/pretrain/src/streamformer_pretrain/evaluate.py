@@ -28,7 +28,7 @@ from .module import StreamFormerPretraining
 
 
 def _batches(dataset, batch_size: int):
-    for start in tqdm(range(0, len(dataset), batch_size), desc=f"evaluate {dataset.task}", unit="batch"):
+    for start in tqdm(range(0, len(dataset), batch_size), desc=f"evaluate {dataset.task}", unit="batch", disable=None):
         batch = collate([dataset.get(i, seed=i) for i in range(start, min(len(dataset), start + batch_size))])
         if batch["task"] is not None:
             yield batch

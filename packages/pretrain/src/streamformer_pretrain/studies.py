@@ -74,7 +74,8 @@ def run(run_name: str, overrides: list[str], seed: int, args: argparse.Namespace
     print(f"{out}: training{' (resumed)' if last.is_file() else ''}", flush=True)
     cli_main(
         ["fit", "--config", args.config, "--data.root", args.root, "--seed_everything", str(seed), "--data.seed", str(seed),
-         "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false",
+         "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
+         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
          "--trainer.callbacks", json.dumps([checkpoint]), *overrides,
          *(["--trainer.max_epochs", str(args.epochs)] if args.epochs else []),
          *(["--ckpt_path", str(last)] if last.is_file() else [])]
