@@ -148,7 +148,7 @@ def report(results: dict, args: argparse.Namespace, image: str) -> str:
         "Produced by `make bench` (`python benchmarks/history_scaling.py`); one run, ViT-B/16 at 224 px,",
         f"{args.dtype}, random weights. Machine: {platform.processor() or platform.machine()}, device `{args.device}`,",
         f"{torch.get_num_threads()} threads, torch {torch.__version__}. Budgets: {args.max_seconds:.0f} s for one",
-        f"recompute call, {args.max_cache_gib:g} GiB for the unbounded cache; cells past them say *not run*",
+        f"recompute call, {args.max_cache_gib:g} GiB for the unbounded cache's keys and values (its buffer doubles, so it may hold up to twice that); cells past them say *not run*",
         "(never extrapolated).",
         "",
         f"![latency and memory against frames seen]({Path(image).name})",
@@ -208,7 +208,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max_seconds", type=float, default=150.0, help="budget of one recompute call")
-    parser.add_argument("--max_cache_gib", type=float, default=8.0, help="budget of the unbounded cache")
+    parser.add_argument(
+        "--max_cache_gib",
+        type=float,
+        default=8.0,
+        help="budget of the unbounded cache's keys and values (the buffer may hold up to twice that)",
+    )
     parser.add_argument("--fill_chunk", type=int, default=16, help="frames per call while filling the cache")
     args = parser.parse_args()
     results = run(args)

@@ -95,7 +95,7 @@ def report(study: str, rows: dict[str, list[dict]], seeds: list[int], epochs: st
         "",
         f"Tiny model on the synthetic world, {epochs}, held-out metrics as mean ± std over seeds "
         f"{', '.join(map(str, seeds))} (`python -m streamformer_pretrain.studies {study}`; `make seeds` runs every study). "
-        "Float results differ between machines by about the spread: compare rows, not single digits.",
+        "Float results may differ between machines: compare rows, not single digits.",
         "",
         "| run | " + " | ".join(metrics) + " |",
         "|---|" + "---:|" * len(metrics),
