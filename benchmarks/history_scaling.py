@@ -27,50 +27,28 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from streaming_latency import timed_with_peak  # the script beside this one (benchmarks/ is on sys.path)
 
 from streamformer import StreamFormerConfig, StreamFormerVisionModel
 
 LENGTHS = [2**i for i in range(13)]  # 1 .. 4096
 VIT_B = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, add_lora_spatial=False)
 CURVES = ("cached, unbounded", "cached, window 16", "recompute (bidirectional)")
+ITEMSIZE = {"fp32": 4, "bf16": 2}
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def measure_call(fn, device: str) -> tuple[float, float]:
-    """(milliseconds, peak MiB above what was in use before) of one call."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-        before = _status("VmRSS:")
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    ms = (time.perf_counter() - start) * 1000
-    if device == "cuda":
-        return ms, (torch.cuda.max_memory_allocated() - before) / 2**20
-    return ms, (_status("VmHWM:") - before) / 1024
+def cache_bytes_per_frame(config: StreamFormerConfig, dtype: str) -> int:
+    """Keys and values of every layer for one frame of every patch."""
+    return 2 * config.num_hidden_layers * config.num_patches * config.hidden_size * ITEMSIZE[dtype]
 
 
 def time_new_frames(model, cache, frame: torch.Tensor, device: str, count: int = 3) -> tuple[float, float]:
     """Median milliseconds and largest peak MiB of `count` consecutive single frames through `cache`."""
-    timings = [measure_call(lambda: model(frame, cache=cache), device) for _ in range(count)]
+    timings = [timed_with_peak(lambda: model(frame, cache=cache), device) for _ in range(count)]
     return statistics.median(t[0] for t in timings), max(t[1] for t in timings)
-
-
-def _status(field: str) -> int:
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
 
 
 @torch.inference_mode()
@@ -89,7 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[int, dict[str, float]]]:
 
     # Cached, unbounded. Below 16 frames each repetition gets a fresh cache holding exactly h - 1
     # frames; from 16 on, the stream goes on and frames h, h + 1, h + 2 are timed (within 12% of h).
-    frame_bytes = 2 * causal.config.num_hidden_layers * causal.config.num_patches * causal.config.hidden_size * dtype.itemsize
+    frame_bytes = cache_bytes_per_frame(causal.config, args.dtype)
     cache = causal.new_cache()
     for h in LENGTHS:
         if (h + 2) * frame_bytes > args.max_cache_gib * 2**30:
@@ -127,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[int, dict[str, float]]]:
         if last_seconds * 2.2 > args.max_seconds:  # the next length roughly doubles the time
             break
         clip = frames(h)
-        ms, peak = measure_call(lambda clip=clip: bidirectional(clip), args.device)
+        ms, peak = timed_with_peak(lambda clip=clip: bidirectional(clip), args.device)
         last_seconds = ms / 1000
         results["recompute (bidirectional)"][h] = {
             "ms": ms,
@@ -140,8 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[int, dict[str, float]]]:
 
 
 def report(results: dict, args: argparse.Namespace, image: str) -> str:
-    itemsize = {"fp32": 4, "bf16": 2}[args.dtype]
-    frame_mib = 2 * VIT_B["num_hidden_layers"] * 196 * VIT_B["hidden_size"] * itemsize / 2**20
+    frame_mib = cache_bytes_per_frame(StreamFormerConfig(**VIT_B), args.dtype) / 2**20
     lines = [
         "# Per-frame latency and memory against frames seen (paper Figure 3, measured here)",
         "",

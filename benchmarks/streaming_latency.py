@@ -56,24 +56,26 @@ def timed(fn: Callable[[], object], device: str) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def peak_memory_mib(fn: Callable[[], object], device: str) -> float:
-    """How far one call raises peak memory above what was in use before it."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
+def timed_with_peak(fn: Callable[[], object], device: str) -> tuple[float, float]:
+    """Milliseconds of one call, and how far it raises peak memory (MiB) above what was in use
+    before it: the process's peak resident memory on CPU (VmHWM, reset first), CUDA's peak
+    allocation on a GPU."""
 
     def status(field: str) -> int:
         return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
 
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    before = status("VmRSS:")
-    fn()
-    return (status("VmHWM:") - before) / 1024
+    sync(device)
+    if device == "cuda":
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        before = status("VmRSS:")
+    ms = timed(fn, device)
+    if device == "cuda":
+        return ms, (torch.cuda.max_memory_allocated() - before) / 2**20
+    return ms, (status("VmHWM:") - before) / 1024
 
 
 def op_breakdown(fn: Callable[[], object], calls: int = 3) -> dict[str, float]:
@@ -134,7 +136,7 @@ def measure(dtype_name: str, device: str, rounds: int) -> dict:
             f"  {dtype_name} round {r + 1}/{rounds}: " + ", ".join(f"{statistics.median(t):.0f}" for t in times.values()),
             flush=True,
         )
-    memory = {name: peak_memory_mib(fn, device) for name, fn in methods.items()}
+    memory = {name: timed_with_peak(fn, device)[1] for name, fn in methods.items()}
     breakdown = {name: op_breakdown(methods[name]) for name in ("(a) cached, history 16", "(b) SigLIP one frame")}
     cache_mib = caches[16].nbytes() / 2**20
     latency = {k: statistics.median(v) for k, v in times.items()}

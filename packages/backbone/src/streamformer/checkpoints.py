@@ -324,7 +324,11 @@ def read_config(path: str | os.PathLike, **hub_kwargs: Any) -> dict[str, Any]:
 
 def detect_format(path: str | os.PathLike, **hub_kwargs: Any) -> str:
     """ "siglip", "original" or "streamformer", from the checkpoint's config.json."""
-    config = read_config(path, **hub_kwargs)
+    return config_format(read_config(path, **hub_kwargs), path)
+
+
+def config_format(config: dict[str, Any], path: str | os.PathLike) -> str:
+    """ "siglip", "original" or "streamformer", from a checkpoint's config dict (`path` names it in errors)."""
     model_type = config.get("model_type")
     if model_type in ("siglip", "siglip_vision_model"):
         return "siglip"
@@ -362,7 +366,8 @@ def convert_if_original(
     `merge_lora` and config fields (e.g. `temporal_position`) are honoured; anything else is refused.
     """
     hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-    kind = detect_format(path, **hub_kwargs)
+    config = read_config(path, **hub_kwargs)
+    kind = config_format(config, path)
     if kind == "streamformer":
         return None
     if kind == "siglip":
@@ -386,7 +391,6 @@ def convert_if_original(
             f"from_pretrained options {sorted(options)} are not supported while converting the original checkpoint "
             f"{path} on the fly: run `streamformer convert {path} OUTPUT` once, then load OUTPUT with them"
         )
-    config = read_config(path, **hub_kwargs)
     model, report = load_original(
         _original_weights(path, **hub_kwargs), config=config, merge_lora=merge, strict=not allow_partial, **overrides
     )
@@ -441,7 +445,7 @@ class OriginalAwareTimesformerModel(TimesformerModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         config = kwargs.get("config")
-        if isinstance(config, TimesformerConfig) and is_original_config({"model_type": "timesformer", **config.to_dict()}):
+        if isinstance(config, TimesformerConfig) and is_original_config(config.to_dict()):
             kwargs.pop("config")
             return StreamFormerVisionModel.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         return TimesformerModel.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)

@@ -263,8 +263,9 @@ class StreamFormerLayer(nn.Module):
             exact = torch.float32 if out.weight.device.type == "mps" else torch.float64  # MPS has no float64
             with torch.no_grad():
                 w_out, b_out, w_dense, b_dense, gate = (t.to(exact) for t in sources)
-                weight = torch.tanh(gate) * (w_dense @ w_out)
-                bias = torch.tanh(gate) * (w_dense @ b_out + b_dense)
+                scale = torch.tanh(gate)
+                weight = scale * (w_dense @ w_out)
+                bias = scale * (w_dense @ b_out + b_dense)
             self._fused = (weight.to(out.weight.dtype), bias.to(out.bias.dtype))
             self._fused_key = key
         return self._fused

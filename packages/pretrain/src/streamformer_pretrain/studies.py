@@ -88,8 +88,8 @@ def run(run_name: str, overrides: list[str], seed: int, args: argparse.Namespace
 
 def report(study: str, rows: dict[str, list[dict]], seeds: list[int], epochs: str) -> str:
     """Markdown: mean ± std per row and metric, chance, per-seed values and the stated differences."""
-    metrics = list(rows[next(iter(rows))][0])
-    first = rows[next(iter(rows))][0]
+    first = next(iter(rows.values()))[0]
+    metrics = list(first)
     lines = [
         f"# {TITLES[study]}",
         "",
