@@ -109,6 +109,64 @@ def test_cache_misuse_is_a_clear_error():
         cache.update(0, torch.zeros(32, 4, 1, 8), torch.zeros(32, 4, 1, 8), torch.tensor([3]))
 
 
+@pytest.mark.parametrize("window", [{}, {"max_frames": 3}], ids=["full", "window"])
+@torch.no_grad()
+def test_a_refused_call_leaves_the_stream_intact(window):
+    """Wrong batch, wrong resolution: refused before any block changes state, and the stream goes on."""
+    model = tiny_model(num_hidden_layers=2)
+    video = torch.randn(1, 5, 3, 32, 32)
+    cache = model.new_cache(**window)
+    first = model(video[:, :2], cache=cache)
+    with pytest.raises(ValueError, match="batch size"):
+        model(video[:, 2:3].expand(2, -1, -1, -1, -1), cache=cache)
+    with pytest.raises(ValueError, match="resolution"):
+        model(torch.randn(1, 1, 3, 16, 16), cache=cache)
+    assert cache.next_frame == 2 and cache._next_frame == [2, 2]
+    rest = model(video[:, 2:], cache=cache)
+    offline = model(video, **window).pooler_output
+    torch.testing.assert_close(torch.cat([first.pooler_output, rest.pooler_output], 1), offline, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_a_call_failing_part_way_is_refused_until_reset(monkeypatch):
+    model = tiny_model(num_hidden_layers=2)
+    video = torch.randn(1, 4, 3, 32, 32)
+    cache = model.new_cache(max_frames=3)
+    model(video[:, :2], cache=cache)
+    second = model.encoder.layer[1]
+    monkeypatch.setattr(second, "forward", lambda *args, **kwargs: (_ for _ in ()).throw(MemoryError("out of memory")))
+    with pytest.raises(MemoryError):
+        model(video[:, 2:3], cache=cache)  # block 0 stored frame 2, block 1 never did
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="reset"):
+        model(video[:, 2:3], cache=cache)
+    cache.reset()
+    assert cache.next_frame == 0 and cache.nbytes() == 0
+    streamed = torch.cat([model(video[:, i : i + 1], cache=cache).pooler_output for i in range(4)], 1)
+    torch.testing.assert_close(streamed, model(video, max_frames=3).pooler_output, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("window", [{}, {"max_frames": 3}], ids=["full", "window"])
+@torch.no_grad()
+def test_autocast_chunk_then_fp32_chunk(window):
+    """bf16 keys under autocast, then fp32 ones: the cache converts on write and read."""
+    model = tiny_model(num_hidden_layers=2)
+    video = torch.randn(1, 4, 3, 32, 32)
+    cache = model.new_cache(**window)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(video[:, :2], cache=cache)
+    assert cache.keys[0].dtype == torch.bfloat16  # storage follows the first call
+    later = model(video[:, 2:], cache=cache).pooler_output
+    assert later.dtype == torch.float32 and cache._next_frame == [4, 4]
+    # Only the first two frames' keys went through bf16: close to the fp32 stream.
+    torch.testing.assert_close(later, model(video, **window).pooler_output[:, 2:], atol=0.05, rtol=0.05)
+    # A cache told its dtype stores in it from the start.
+    fp32 = model.new_cache(dtype=torch.float32, **window)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(video[:, :2], cache=fp32)
+    assert fp32.keys[0].dtype == torch.float32
+
+
 def test_cache_refuses_gradient_mode():
     model = tiny_model()
     with pytest.raises(RuntimeError, match="inference"):

@@ -58,7 +58,14 @@ class TemporalKVCache:
     """Per-layer keys and values of the temporal attention for a stream of frames.
 
     Make one with `StreamFormerVisionModel.new_cache(...)` and pass it to every call of the
-    model on the same stream. It allocates on the first call (with that call's dtype and device).
+    model on the same stream; `reset()` empties it for a new stream. Storage is allocated on the
+    first call, in `dtype` on `device` (None: those of that call's keys). Later calls may differ
+    (a chunk under bf16 autocast, the next in fp32): their keys and values are converted into the
+    storage on write and out of it on read, so the stream goes on.
+
+    A call that fails checks (wrong batch, resolution or frame) changes nothing: the stream can go
+    on with a correct call. A call that fails part-way through the blocks (say, out of memory)
+    leaves the blocks at different frames; the next call then refuses until `reset()`.
 
     Args:
         num_layers: number of blocks of the model.
@@ -68,6 +75,7 @@ class TemporalKVCache:
             and a cache that starts the stream, `start_frame` 0).
         start_frame: absolute index of the first frame this cache will receive (0 for a new
             stream). Time embeddings and the window follow absolute indices.
+        dtype, device: of the stored keys and values (None: those of the first call).
     """
 
     def __init__(
@@ -77,6 +85,8 @@ class TemporalKVCache:
         max_frames: int | None = None,
         sink_frames: int = 0,
         start_frame: int = 0,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         check_window(max_frames, sink_frames)
         if batch_size < 1:
@@ -92,14 +102,27 @@ class TemporalKVCache:
         self.max_frames = max_frames
         self.sink_frames = sink_frames
         self.start_frame = start_frame
-        self.keys: list[Tensor | None] = [None] * num_layers
-        self.values: list[Tensor | None] = [None] * num_layers
-        self.slot_frames: list[Tensor | None] = [None] * num_layers  # CPU long, frame index per slot
-        self._next_frame = [start_frame] * num_layers
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: the next call starts again at `start_frame` (storage is freed)."""
+        self.keys: list[Tensor | None] = [None] * self.num_layers
+        self.values: list[Tensor | None] = [None] * self.num_layers
+        self.slot_frames: list[Tensor | None] = [None] * self.num_layers  # CPU long, frame index per slot
+        self._next_frame = [self.start_frame] * self.num_layers
 
     @property
     def next_frame(self) -> int:
         """Absolute index the next frame given to the model will get."""
+        if len(set(self._next_frame)) > 1:
+            behind = self._next_frame.index(min(self._next_frame))
+            raise RuntimeError(
+                f"the cache's blocks disagree on the stream position (block 0 at frame {self._next_frame[0]}, "
+                f"block {behind} at frame {self._next_frame[behind]}): a call failed part-way; call cache.reset() "
+                "and stream again from the start"
+            )
         return self._next_frame[0]
 
     @property
@@ -135,38 +158,45 @@ class TemporalKVCache:
                 "every block must see every chunk of the stream, in order"
             )
         if self.keys[layer] is None:
+            if key.shape[0] % self.batch_size:
+                raise ValueError(f"cache built for batch size {self.batch_size} got {key.shape[0]} token rows")
             self._allocate(layer, key, t)
-        elif key.shape[0] != self.keys[layer].shape[0]:
+        elif key.shape[:2] + key.shape[3:] != self.keys[layer].shape[:2] + self.keys[layer].shape[3:]:
             raise ValueError(
                 f"cache was built for {self.keys[layer].shape[0]} token rows (batch {self.batch_size}) "
                 f"but got {key.shape[0]}: the batch size and resolution must stay fixed during a stream"
             )
-        self._next_frame[layer] = first + t
-
+        # Everything is checked: from here on the state changes.
+        stored_key, stored_value = self._to_storage(layer, key), self._to_storage(layer, value)
         if self.windowed and t > 1:
             # Earlier queries of the chunk may need frames that writing the chunk would evict:
             # attend over the old slots and the new frames side by side, then store.
-            keys = torch.cat([self.keys[layer], key], dim=2)
-            values = torch.cat([self.values[layer], value], dim=2)
+            keys = torch.cat([self.keys[layer], stored_key], dim=2)
+            values = torch.cat([self.values[layer], stored_value], dim=2)
             key_frames = torch.cat([self.slot_frames[layer], frames])
-            self._write(layer, key, value, frames)
+            self._write(layer, stored_key, stored_value, frames)
         else:
             # One new frame (or no window): writing it evicts nothing it still needs.
-            self._write(layer, key, value, frames)
+            self._write(layer, stored_key, stored_value, frames)
             used = self.max_frames if self.windowed else first + t - self.start_frame
             keys = self.keys[layer][:, :, :used]
             values = self.values[layer][:, :, :used]
             key_frames = self.slot_frames[layer][:used]
+        self._next_frame[layer] = first + t
         mask = temporal_attention_mask(frames, key_frames, self.max_frames, self.sink_frames)
+        keys, values = keys.to(key.device, key.dtype), values.to(key.device, key.dtype)  # no copy when they match
         return keys, values, None if bool(mask.all()) else mask.to(key.device, non_blocking=True)
+
+    def _to_storage(self, layer: int, x: Tensor) -> Tensor:
+        store = self.keys[layer]
+        return x.to(store.device, store.dtype)
 
     def _allocate(self, layer: int, key: Tensor, t: int) -> None:
         rows, heads, _, head_dim = key.shape
-        if rows % self.batch_size:
-            raise ValueError(f"cache built for batch size {self.batch_size} got {rows} token rows")
         slots = self.max_frames if self.windowed else max(16, t)
-        self.keys[layer] = key.new_zeros(rows, heads, slots, head_dim)
-        self.values[layer] = key.new_zeros(rows, heads, slots, head_dim)
+        storage = {"dtype": self.dtype or key.dtype, "device": self.device or key.device}
+        self.keys[layer] = torch.zeros(rows, heads, slots, head_dim, **storage)
+        self.values[layer] = torch.zeros(rows, heads, slots, head_dim, **storage)
         self.slot_frames[layer] = torch.full((slots,), _EMPTY, dtype=torch.long)
 
     def _slots(self, frames: Tensor) -> Tensor:

@@ -444,12 +444,18 @@ class StreamFormerVisionModel(StreamFormerPreTrainedModel):
         self.post_init()
 
     def new_cache(
-        self, batch_size: int = 1, max_frames: int | None = None, sink_frames: int = 0, start_frame: int = 0
+        self,
+        batch_size: int = 1,
+        max_frames: int | None = None,
+        sink_frames: int = 0,
+        start_frame: int = 0,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
     ) -> TemporalKVCache:
         """An empty cache for streaming; see `TemporalKVCache`."""
         if not self.config.enable_causal_temporal:
             raise ValueError("this model's temporal attention is bidirectional (enable_causal_temporal=False): it cannot stream")
-        return TemporalKVCache(self.config.num_hidden_layers, batch_size, max_frames, sink_frames, start_frame)
+        return TemporalKVCache(self.config.num_hidden_layers, batch_size, max_frames, sink_frames, start_frame, dtype, device)
 
     def temporal_context(
         self, num_frames: int, cache: TemporalKVCache | None = None, max_frames: int | None = None, sink_frames: int = 0
