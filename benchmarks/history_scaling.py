@@ -33,16 +33,12 @@ import torch
 from streaming_latency import timed_with_peak  # the script beside this one (benchmarks/ is on sys.path)
 
 from streamformer import StreamFormerConfig, StreamFormerVisionModel
+from streamformer.cache import cache_bytes_per_frame
 
 LENGTHS = [2**i for i in range(13)]  # 1 .. 4096
 VIT_B = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, add_lora_spatial=False)
 CURVES = ("cached, unbounded", "cached, window 16", "recompute (bidirectional)")
-ITEMSIZE = {"fp32": 4, "bf16": 2}
-
-
-def cache_bytes_per_frame(config: StreamFormerConfig, dtype: str) -> int:
-    """Keys and values of every layer for one frame of every patch."""
-    return 2 * config.num_hidden_layers * config.num_patches * config.hidden_size * ITEMSIZE[dtype]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def time_new_frames(model, cache, frame: torch.Tensor, device: str, count: int = 3) -> tuple[float, float]:
@@ -53,7 +49,7 @@ def time_new_frames(model, cache, frame: torch.Tensor, device: str, count: int =
 
 @torch.inference_mode()
 def run(args: argparse.Namespace) -> dict[str, dict[int, dict[str, float]]]:
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    dtype = DTYPES[args.dtype]
     causal = StreamFormerVisionModel(StreamFormerConfig(**VIT_B)).to(args.device, dtype).eval()
     bidirectional = (
         StreamFormerVisionModel(StreamFormerConfig(**VIT_B, enable_causal_temporal=False)).to(args.device, dtype).eval()
@@ -67,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[int, dict[str, float]]]:
 
     # Cached, unbounded. Below 16 frames each repetition gets a fresh cache holding exactly h - 1
     # frames; from 16 on, the stream goes on and frames h, h + 1, h + 2 are timed (within 12% of h).
-    frame_bytes = cache_bytes_per_frame(causal.config, args.dtype)
+    frame_bytes = cache_bytes_per_frame(causal.config, DTYPES[args.dtype])
     cache = causal.new_cache()
     for h in LENGTHS:
         if (h + 2) * frame_bytes > args.max_cache_gib * 2**30:
@@ -118,7 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[int, dict[str, float]]]:
 
 
 def report(results: dict, args: argparse.Namespace, image: str) -> str:
-    frame_mib = cache_bytes_per_frame(StreamFormerConfig(**VIT_B), args.dtype) / 2**20
+    frame_mib = cache_bytes_per_frame(StreamFormerConfig(**VIT_B), DTYPES[args.dtype]) / 2**20
     lines = [
         "# Per-frame latency and memory against frames seen (paper Figure 3, measured here)",
         "",

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from streamformer.video import (
+    FrameDecoder,
     FrameSource,
     VideoReadError,
     load_clip,
@@ -41,15 +42,13 @@ def test_segment_sampling():
 
 
 def test_fps_resampling():
-    assert resample_indices(100, 25.0, 5.0) == [round(x) for x in np.linspace(0, 99, 20)]
+    assert resample_indices(100, 25.0, 5.0) == np.linspace(0, 99, 20).astype(int).tolist()
     assert len(resample_indices(240, 30.0, 24.0)) == 192
-    # positions 0, 1.8, 3.6, 5.4, 7.2, 9: nearest frame, or truncated as the original OAD extraction
-    assert resample_indices(10, 10.0, 6.0) == [0, 2, 4, 5, 7, 9]
-    assert resample_indices(10, 10.0, 6.0, rounding="floor") == [0, 1, 3, 5, 7, 9]
+    # positions 0, 1.8, 3.6, 5.4, 7.2, 9 truncated, as the original OAD extraction does
+    assert resample_indices(10, 10.0, 6.0) == [0, 1, 3, 5, 7, 9]
+    assert resample_indices(5, 10.0, 20.0) == [0, 0, 0, 1, 1, 2, 2, 3, 3, 4]  # up-sampling repeats frames
     with pytest.raises(ValueError):
         resample_indices(10, 0, 5)
-    with pytest.raises(ValueError, match="rounding"):
-        resample_indices(10, 10.0, 6.0, rounding="ceil")
 
 
 def test_clip_reads_the_right_frames(tmp_path):
@@ -93,8 +92,14 @@ def test_narrow_videos_decode_correctly(tmp_path):
     with av.open(str(path)) as container:
         reference = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     source = FrameSource(path, chunk_size=6, size=32)
-    decoded = read_frames(source.reader, [1, 4], str(path))
+    decoded = read_frames(source.decoder.reader, [1, 4], str(path))
     assert np.array_equal(decoded.numpy(), np.stack([reference[1], reference[4]]))
+    # Chunk by chunk through one forward pass: repeats, and a step back that re-opens the file.
+    decoder = FrameDecoder(path)
+    for chunk in ([0, 0, 2], [3, 5], [1, 1], [5]):
+        assert np.array_equal(decoder.read(chunk).numpy(), np.stack([reference[i] for i in chunk]))
+    with pytest.raises(VideoReadError, match="ended before frame 6"):
+        decoder.read([6])
 
 
 @pytest.mark.parametrize("name", ["bikes.mp4", "carphone_pristine.mp4"])

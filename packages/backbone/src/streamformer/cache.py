@@ -24,6 +24,17 @@ from torch import Tensor
 
 _EMPTY = -1  # frame index of a slot that holds nothing yet
 
+# The window the command-line tools and OAD extraction stream under unless told otherwise:
+# unbounded, a ViT-B/16 cache holds about 14.5 MB per frame in fp32 (52 GB per hour at 1 fps),
+# while 256 frames bound it at 3.7 GB, 16 times the 16-frame clips the model is trained on.
+DEFAULT_MAX_FRAMES = 256
+
+
+def cache_bytes_per_frame(config, dtype: torch.dtype = torch.float32, batch_size: int = 1) -> int:
+    """Bytes one frame adds to a cache: keys and values of every patch in every layer."""
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    return 2 * config.num_hidden_layers * config.num_patches * config.hidden_size * itemsize * batch_size
+
 
 def temporal_attention_mask(
     query_frames: Tensor, key_frames: Tensor, max_frames: int | None = None, sink_frames: int = 0

@@ -9,18 +9,18 @@ streamformer stream VIDEO MODEL [--plot stream.png]            frame by frame th
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
+from .cache import DEFAULT_MAX_FRAMES, cache_bytes_per_frame
 from .checkpoints import DTYPES, conversion_report, detect_format, from_siglip, load_model, load_original
 from .model import StreamFormerModel, StreamFormerVisionModel
+from .tensor_file import SafetensorsWriter
 from .video import FrameSource, VideoReadError, load_clip, segment_indices, video_info
 
 Dtype = Literal["float32", "bfloat16"]
@@ -77,11 +77,20 @@ def convert(source: str, output: str, merge_lora: bool = False, num_frames: int 
     print(f"wrote {kind_name} to {output}")
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    partial = f"{path}.partial"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, partial, metadata=metadata)
-    os.replace(partial, path)
+def default_device(device: str | None) -> str:
+    """`device`, or CUDA when there is one."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def stream_window(net: StreamFormerVisionModel, source: FrameSource, max_frames: int | None, dtype: str) -> None:
+    """Say what an unbounded stream of this video will hold in memory (bounded ones are fine)."""
+    if max_frames is None:
+        total = cache_bytes_per_frame(net.config, DTYPES[dtype]) * source.num_frames
+        print(
+            f"unbounded window: the cache will grow to {total / 2**30:.2f} GiB at the last of {source.num_frames} frames "
+            f"(attention cost grows with it); --max_frames bounds it",
+            file=sys.stderr,
+        )
 
 
 @torch.inference_mode()
@@ -92,54 +101,56 @@ def encode(
     num_frames: int = 16,
     fps: float | None = None,
     chunk_size: int = 16,
-    max_frames: int | None = None,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
     sink_frames: int = 0,
     spatial: bool = True,
-    device: str = "cpu",
+    device: str | None = None,
     dtype: Dtype = "float32",
 ) -> None:
     """Encode a video to spatial [T, N, D], temporal [T, D] and global [D] features (safetensors).
 
     Without --fps: one clip of NUM_FRAMES uniformly sampled frames, run offline. With --fps: every
-    frame at that rate, streamed through the KV cache in chunks (any length; window optional).
+    frame at that rate, streamed through the KV cache in chunks, decoded as it is consumed and
+    written to the file as it is produced: memory stays flat however long the video.
 
     Args:
         video: video file.
         model: StreamFormer checkpoint directory.
-        output: .safetensors file to write (atomically).
+        output: .safetensors file to write (complete, or not at all).
         num_frames: clip length when --fps is not given.
         fps: stream the whole video at this frame rate.
         chunk_size: frames per forward call when streaming.
-        max_frames: temporal window in frames (streaming); none = unbounded.
+        max_frames: temporal window in frames (256 by default; null = unbounded, which needs
+            memory in proportion to the video's length).
         sink_frames: first frames kept attendable under the window.
         spatial: also save the spatial features (the largest part).
+        device: cpu, cuda, cuda:1... (default: cuda when available).
     """
+    device = default_device(device)
     net = load_model(model, device, dtype)
-    size = net.config.image_size
-    to_model = {"device": device, "dtype": DTYPES[dtype]}
+    size, to_model = net.config.image_size, {"device": device, "dtype": DTYPES[dtype]}
     if fps is None:
-        clip = load_clip(video, num_frames, size)[None].to(**to_model)
-        out = net(clip, max_frames=max_frames, sink_frames=sink_frames)
-        indices = segment_indices(video_info(video).num_frames, num_frames)  # the frames load_clip took
-        spatial_t, temporal_t = out.last_hidden_state[0], out.pooler_output[0]
+        indices = segment_indices(video_info(video).num_frames, num_frames)  # the frames load_clip takes
+        out = net(load_clip(video, num_frames, size)[None].to(**to_model), max_frames=max_frames, sink_frames=sink_frames)
+        outputs = [out]
     else:
         source = FrameSource(video, chunk_size=chunk_size, fps=fps, size=size)
+        stream_window(net, source, max_frames, dtype)
         cache = net.new_cache(max_frames=max_frames, sink_frames=sink_frames)
-        spatial_parts, temporal_parts, indices = [], [], []
-        for frames, idx in tqdm(source, desc=f"encode {Path(video).name}", unit="chunk", disable=None):
-            out = net(frames[None].to(**to_model), cache=cache)
-            temporal_parts.append(out.pooler_output[0].float().cpu())
-            if spatial:
-                spatial_parts.append(out.last_hidden_state[0].float().cpu())
-            indices += idx
-        temporal_t = torch.cat(temporal_parts)
-        spatial_t = torch.cat(spatial_parts) if spatial else None
-    tensors = {"temporal": temporal_t.float().cpu(), "global": temporal_t[-1].float().cpu().clone()}
+        bar = tqdm(source, desc=f"encode {Path(video).name}", unit="chunk", disable=None)
+        outputs = (net(frames[None].to(**to_model), cache=cache) for frames, _ in bar)  # one chunk at a time
+        indices = source.indices
+    shapes = {"temporal": (len(indices), net.config.hidden_size), "global": (net.config.hidden_size,)}
     if spatial:
-        tensors["spatial"] = spatial_t.float().cpu()
+        shapes["spatial"] = (len(indices), net.config.num_patches, net.config.hidden_size)
     meta = {"video": str(video), "model": str(model), "fps": str(fps or ""), "frame_indices": json.dumps(indices)}
-    _atomic_save(tensors, output, meta)
-    print(f"wrote {output}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items()))
+    with SafetensorsWriter(output, shapes, meta) as writer:
+        for out in outputs:
+            writer.append("temporal", out.pooler_output[0])
+            if spatial:
+                writer.append("spatial", out.last_hidden_state[0])
+        writer.append("global", out.global_output[0])  # the last frame's pooled feature
+    print(f"wrote {output}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
 
 
 @torch.inference_mode()
@@ -148,11 +159,11 @@ def stream(
     model: str,
     fps: float | None = None,
     chunk_size: int = 1,
-    max_frames: int | None = None,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
     sink_frames: int = 0,
     plot: str | None = "stream.png",
     print_every: int = 1,
-    device: str = "cpu",
+    device: str | None = None,
     dtype: Dtype = "float32",
 ) -> list[dict]:
     """Stream a video frame by frame through the KV cache; print per-frame outputs and timings.
@@ -162,15 +173,18 @@ def stream(
         model: StreamFormer checkpoint directory.
         fps: resample the video to this rate first.
         chunk_size: frames per forward call.
-        max_frames: temporal window in frames; none = unbounded.
+        max_frames: temporal window in frames (256 by default; null = unbounded).
         sink_frames: first frames kept attendable under the window.
         plot: PNG to save per-frame latency and feature plots to (none: no plot).
         print_every: print the line of every N-th frame (all frames go to the plot and the summary).
+        device: cpu, cuda, cuda:1... (default: cuda when available).
     """
     if print_every < 1:
         raise ValueError(f"print_every must be >= 1, got {print_every}")
+    device = default_device(device)
     net = load_model(model, device, dtype)
     source = FrameSource(video, chunk_size=chunk_size, fps=fps, size=net.config.image_size)
+    stream_window(net, source, max_frames, dtype)
     cache = net.new_cache(max_frames=max_frames, sink_frames=sink_frames)
     records, previous = [], None
     # The bar only on a terminal (disable=None): in a log it would interleave with the frame lines.

@@ -76,23 +76,27 @@ def segment_indices(num_frames: int, num_segments: int, generator: torch.Generat
     return (start + offset * length).floor().clamp(max=num_frames - 1).long().tolist()
 
 
-def resample_indices(num_frames: int, source_fps: float, target_fps: float, rounding: str = "round") -> list[int]:
-    """Frame indices that resample a `source_fps` video to `target_fps` (evenly spaced, ends kept).
+def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> list[int]:
+    """Frame indices that resample a `source_fps` video to `target_fps`.
 
-    `rounding="floor"` truncates the evenly spaced positions as the original OAD feature
-    extraction does (`linspace(0, n - 1, count).astype(int)`); "round" takes the nearest frame.
+    `int(num_frames / source_fps * target_fps)` evenly spaced positions from the first frame to the
+    last, truncated to frame numbers (`linspace(0, n - 1, count).astype(int)`): the rule of the
+    original OAD feature extraction, used for every frame rate in this repository.
     """
     if source_fps <= 0 or target_fps <= 0:
         raise ValueError(f"fps must be positive, got source {source_fps} and target {target_fps}")
-    if rounding not in ("round", "floor"):
-        raise ValueError(f"rounding must be 'round' or 'floor', got {rounding!r}")
     count = max(1, int(num_frames / source_fps * target_fps))
-    positions = np.linspace(0, num_frames - 1, count)
-    return (positions.round() if rounding == "round" else positions).astype(int).tolist()
+    return np.linspace(0, num_frames - 1, count).astype(int).tolist()
 
 
 def read_frames(reader, indices: Sequence[int], path: str) -> Tensor:
     """Decode `indices` (frame numbers) from a reader of `path` (`open_video`) -> uint8 [T, H, W, 3]."""
+    frames = _read_decord(reader, indices, path)
+    return torch.from_numpy(frames if frames is not None else _read_frames_pyav(path, indices))
+
+
+def _read_decord(reader, indices: Sequence[int], path: str) -> np.ndarray | None:
+    """decord's frames, or None where decord misreads this video (decode it with PyAV instead)."""
     height, width = reader.frame_size
     try:
         frames = reader.get_batch(list(indices)).asnumpy()
@@ -101,10 +105,8 @@ def read_frames(reader, indices: Sequence[int], path: str) -> Tensor:
             raise VideoReadError(
                 f"cannot decode frames {indices[0]}..{indices[-1]} of {path}: {str(error).splitlines()[0]}"
             ) from error
-        frames = None
-    if frames is None or frames.shape[1:] != (height, width, 3):
-        frames = _read_frames_pyav(path, indices)
-    return torch.from_numpy(frames)
+        return None
+    return frames if frames.shape[1:] == (height, width, 3) else None
 
 
 def _decord_misreads(width: int) -> bool:
@@ -114,23 +116,74 @@ def _decord_misreads(width: int) -> bool:
 
 
 def _read_frames_pyav(path: str, indices: Sequence[int]) -> np.ndarray:
-    import av
-
-    wanted = sorted(set(indices))
-    decoded: dict[int, np.ndarray] = {}
+    pass_ = _ForwardPyAV(path)
     try:
-        with av.open(path) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                if i in wanted:
-                    decoded[i] = frame.to_ndarray(format="rgb24")
-                if i >= wanted[-1]:
-                    break
-    except Exception as error:
-        raise VideoReadError(f"cannot decode {path}: {error}") from error
-    missing = [i for i in wanted if i not in decoded]
-    if missing:
-        raise VideoReadError(f"{path} ended before frame {missing[0]} (truncated file?)")
-    return np.stack([decoded[i] for i in indices])
+        return np.stack([pass_.frame(i) for i in indices])
+    finally:
+        pass_.close()
+
+
+class _ForwardPyAV:
+    """One forward decoding pass over a file with PyAV: `frame(i)` decodes up to frame i.
+
+    Asking for frames in non-decreasing order decodes the file once; asking for an earlier
+    frame re-opens it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._open()
+
+    def _open(self) -> None:
+        import av
+
+        try:
+            self.container = av.open(self.path)
+        except Exception as error:
+            raise VideoReadError(f"cannot decode {self.path}: {error}") from error
+        self.decoded = self.container.decode(video=0)
+        self.index, self.current = -1, None
+
+    def frame(self, i: int) -> np.ndarray:
+        if i < self.index:
+            self.close()
+            self._open()
+        try:
+            while self.index < i:
+                self.current = next(self.decoded)
+                self.index += 1
+        except StopIteration:
+            raise VideoReadError(f"{self.path} ended before frame {i} (truncated file?)") from None
+        except Exception as error:
+            raise VideoReadError(f"cannot decode {self.path}: {error}") from error
+        return self.current.to_ndarray(format="rgb24")
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class FrameDecoder:
+    """The frames of one video on demand, in bounded memory: `read(indices)` decodes just those.
+
+    decord seeks to them; a video decord misreads goes through one forward PyAV pass instead
+    (re-opened only to go back), so reading a long video chunk by chunk decodes it once.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        self.reader = open_video(path)
+        self.num_frames = len(self.reader)
+        self.fps = float(self.reader.get_avg_fps())
+        self._pyav: _ForwardPyAV | None = None  # set once decord has misread this video
+
+    def read(self, indices: Sequence[int]) -> Tensor:
+        """uint8 frames [t, H, W, 3] of `indices` (frame numbers)."""
+        if self._pyav is None:
+            frames = _read_decord(self.reader, indices, self.path)
+            if frames is not None:
+                return torch.from_numpy(frames)
+            self._pyav = _ForwardPyAV(self.path)
+        return torch.from_numpy(np.stack([self._pyav.frame(i) for i in indices]))
 
 
 def preprocess(frames: Tensor, size: int = 224, mode: str = "resize") -> Tensor:
@@ -178,10 +231,13 @@ def load_clip(
 class FrameSource:
     """The frames of a video file in chunks, for streaming: yields ([t, 3, S, S], frame indices).
 
+    Frames are decoded chunk by chunk as they are consumed (`FrameDecoder`): memory does not grow
+    with the video's length.
+
     Args:
         path: video file.
         chunk_size: frames per chunk (the last one may be shorter).
-        fps: resample to this rate first (None: every decoded frame).
+        fps: resample to this rate first (`resample_indices`; None: every decoded frame).
         size, mode: preprocessing, see `preprocess`.
     """
 
@@ -191,9 +247,9 @@ class FrameSource:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.path = str(path)
-        self.reader = open_video(path)
-        self.source_fps = float(self.reader.get_avg_fps())
-        total = len(self.reader)
+        self.decoder = FrameDecoder(path)
+        self.source_fps = self.decoder.fps
+        total = self.decoder.num_frames
         self.indices = resample_indices(total, self.source_fps, fps) if fps else list(range(total))
         self.fps = fps or self.source_fps
         self.chunk_size, self.size, self.mode = chunk_size, size, mode
@@ -209,7 +265,7 @@ class FrameSource:
     def __iter__(self) -> Iterator[tuple[Tensor, list[int]]]:
         for start in range(0, len(self.indices), self.chunk_size):
             indices = self.indices[start : start + self.chunk_size]
-            yield preprocess(read_frames(self.reader, indices, self.path), self.size, self.mode), indices
+            yield preprocess(self.decoder.read(indices), self.size, self.mode), indices
 
 
 def write_video(path: str | os.PathLike, frames: Tensor | np.ndarray, fps: float = 25.0) -> Path:
