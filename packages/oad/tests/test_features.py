@@ -4,6 +4,7 @@ broken videos, atomic writes, the temporal-branch switch, lengths against the TH
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -11,14 +12,14 @@ import torch
 
 from streamformer import StreamFormerVisionModel
 from streamformer.testing import tiny_model
-from streamformer.video import open_video, preprocess, read_frames, resample_indices, write_video
+from streamformer.video import VideoReadError, open_video, preprocess, read_frames, write_video
 from streamformer_oad.features import (
     FeatureExtractor,
     VideoFeatureDataset,
+    VideoFrames,
     extract_features,
     feature_frames,
     list_videos,
-    load_frames,
     save_npy_atomic,
     video_features,
 )
@@ -75,7 +76,7 @@ def test_stream_equals_offline_causal_forward(model, window, sinks):
     ends = feature_frames(40)  # [5, 11, 18, 24, 31, 39]
     reference = model(frames[None], max_frames=window, sink_frames=sinks).pooler_output[0, ends]
     for per_forward in (1, 6, 7, 48):
-        features = video_features(model, frames, "stream", window=window, sink_frames=sinks, frames_per_forward=per_forward)
+        features = video_features(model, frames, "stream", max_frames=window, sink_frames=sinks, frames_per_forward=per_forward)
         assert features.shape == (len(ends), 32) and features.dtype == torch.float32
         torch.testing.assert_close(features, reference, atol=1e-5, rtol=0)
 
@@ -93,7 +94,7 @@ def test_chunks_equal_independent_clips(model):
     assert stream.shape == features.shape
     assert not torch.allclose(stream[1:], features[1:], atol=1e-3)
     with pytest.raises(ValueError, match="stream protocol"):
-        video_features(model, frames, "chunks", window=4)
+        video_features(model, frames, "chunks", max_frames=4)  # a window shorter than a chunk
 
 
 @torch.inference_mode()
@@ -135,21 +136,43 @@ def test_feature_extractor_temporal_switch(model):
     assert module.model.temporal_gates().abs().sum() == 0
 
 
+def test_a_video_failing_mid_decode_is_that_videos_error(model, tmp_path, monkeypatch):
+    frames = VideoFrames(noise_video(tmp_path / "v.mp4"), 32)
+    monkeypatch.setattr(frames, "take", lambda *a: (_ for _ in ()).throw(VideoReadError("v.mp4 ended before frame 30")))
+    item = {"session": "v", "path": "v.mp4", "frames": frames, "error": None}
+    with torch.inference_mode():
+        (result,) = FeatureExtractor(model).predict_step([item], 0)
+    assert result["features"] is None and "ended before frame 30" in result["error"]
+
+
 # -- decoding ---------------------------------------------------------------------------------
 
 
-def test_load_frames_resamples_like_the_original_and_uses_backbone_preprocessing(tmp_path):
+def test_video_frames_resample_like_the_original_and_decode_as_consumed(tmp_path, monkeypatch):
     path = noise_video(tmp_path / "a.mp4", num_frames=25, fps=10.0)
-    frames = load_frames(path, size=32, fps=24)
+    frames = VideoFrames(path, size=32, fps=24)
     count = int(25 / 10 * 24)  # 60
     original = np.linspace(0, 24, count).astype(int)
-    assert len(frames) == count and count == len(resample_indices(25, 10.0, 24, rounding="floor"))
-    reader = open_video(path)
-    expected = preprocess(read_frames(reader, original.tolist(), str(path)), 32, "center_crop")
-    got = frames.take(np.arange(count))
-    assert got.shape == (count, 3, 32, 32)
-    assert (got - expected).abs().max() <= 1 / 255 + 1e-6  # stored as uint8 levels: at most half a level off
-    assert len(frames.levels) == 25  # each source frame decoded once
+    assert len(frames) == count and frames.index.tolist() == original.tolist()
+    expected = preprocess(open_video_frames(path, original), 32, "center_crop")
+    reads = []
+    read = frames.decoder.read
+    monkeypatch.setattr(frames.decoder, "read", lambda indices: reads.append(list(indices)) or read(indices))
+    got = torch.cat([frames.take(np.arange(start, min(start + 7, count))) for start in range(0, count, 7)])
+    assert torch.equal(got, expected)
+    assert max(len(r) for r in reads) <= 7  # one request's frames at a time, never the whole video
+    assert sorted(i for r in reads for i in r) == list(range(25))  # each source frame decoded once
+    # An overlapping request (the chunks protocol's last clips) reuses the frames it already has.
+    reads.clear()
+    torch.testing.assert_close(frames.take(np.array([55, 56, 57, 58, 59])), expected[55:])
+    assert reads == []
+    # Picklable for DataLoader workers: the decoder is re-opened on the other side.
+    again = pickle.loads(pickle.dumps(frames))
+    assert torch.equal(again.take(np.arange(count)), expected)
+
+
+def open_video_frames(path, indices):
+    return read_frames(open_video(path), list(indices), str(path))
 
 
 def test_dataset_reports_a_broken_video_without_substitution(tmp_path):
@@ -197,7 +220,7 @@ def test_extract_resumes_and_skips_broken_videos(tmp_path, model_dir, model, cap
     for i, seconds in ((0, 3), (2, 5)):
         features = np.load(out / f"v{i}.npy")
         assert features.dtype == np.float32 and features.shape == (seconds * 4, 32)
-        frames = load_frames(videos / f"v{i}.mp4", 32)
+        frames = VideoFrames(videos / f"v{i}.mp4", 32)
         with torch.inference_mode():
             expected = model(frames.take(np.arange(len(frames)))[None]).pooler_output[0, feature_frames(len(frames))]
         np.testing.assert_allclose(features, expected.numpy(), atol=1e-5, rtol=0)
@@ -223,7 +246,7 @@ def test_extract_resumes_and_skips_broken_videos(tmp_path, model_dir, model, cap
     with pytest.raises(FileNotFoundError):
         extract_features(tmp_path / "no-such-model", videos, fresh, accelerator="cpu", progress=False)
     with pytest.raises(ValueError, match="stream protocol"):
-        extract_features(model_dir, videos, fresh, protocol="chunks", window=8, accelerator="cpu", progress=False)
+        extract_features(model_dir, videos, fresh, protocol="chunks", max_frames=4, accelerator="cpu", progress=False)
     assert not (fresh / "extraction.json").exists()
 
 

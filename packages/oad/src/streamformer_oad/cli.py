@@ -1,6 +1,6 @@
 """`streamformer-oad`: features, MAT training and evaluation, per-frame score plots.
 
-streamformer-oad extract BACKBONE VIDEOS OUTPUT_DIR [--protocol stream|chunks] [--window N] [--temporal false]
+streamformer-oad extract BACKBONE VIDEOS OUTPUT_DIR [--protocol stream|chunks] [--max_frames 256] [--temporal false]
 streamformer-oad fit --config configs/oad/synthetic-mat.yaml
 streamformer-oad test --config configs/oad/synthetic-mat.yaml --ckpt_path CKPT [--data.evaluation online]
 streamformer-oad plot CKPT [--session video_id] --output scores.png

@@ -34,7 +34,7 @@ FEATURE_SETS: dict[str, dict[str, Any]] = {
     "streamformer_stream": {"protocol": "stream"},
     "streamformer_chunks": {"protocol": "chunks"},
     "streamformer_stream_no_temporal": {"protocol": "stream", "temporal": False},
-    "streamformer_stream_4fps_window8": {"protocol": "stream", "fps": 4, "chunk": 1, "window": 8},
+    "streamformer_stream_4fps_window8": {"protocol": "stream", "fps": 4, "chunk": 1, "max_frames": 8},
 }
 
 

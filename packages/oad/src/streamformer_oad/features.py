@@ -16,15 +16,19 @@ same instant (frame ends[k], i.e. time ends[k] / fps s):
 * "chunks" (the original): frames starts[k] .. ends[k] are an independent `chunk`-frame clip
   (time embeddings 0 .. chunk-1, no state across clips); feature k is the pooled output of the
   clip's last frame.
-* "stream" (ours): one causal pass over frames 0 .. ends[-1] through the temporal KV cache (window
-  `window` frames with `sink_frames` sinks, None = unbounded), fed `frames_per_forward` frames at
-  a time (memory bounded; the result does not depend on it); feature k is the pooled output of
-  frame ends[k], which has seen every frame up to ends[k] (within the window) and none after.
+* "stream" (ours): one causal pass over frames 0 .. ends[-1] through the temporal KV cache (a
+  window of `max_frames` frames, 256 by default, with `sink_frames` sinks; None = unbounded), fed
+  `frames_per_forward` frames at a time (the result does not depend on it); feature k is the
+  pooled output of frame ends[k], which has seen every frame up to ends[k] (within the window)
+  and none after.
 
 `grid="uniform"` replaces the linspace starts by 0, chunk, 2 chunk, ... (feature k ends the
 0.25 s interval [k/4, (k+1)/4) of target row k exactly); the original's linspace grid spaces the
 chunks N / (L - 1) > chunk frames apart, so its feature k drifts from the end of row k's interval
 to up to one chunk later (the last two features end within a frame of each other).
+
+Frames are decoded as the backbone consumes them, `frames_per_forward` at a time (`VideoFrames`):
+with the window, memory does not grow with the video's length.
 
 `extract_features` runs it with `Trainer.predict` (shards over devices with Lightning's
 unrepeated distributed sampler) and writes `<out_dir>/<session>.npy` (float32 [L, D]) atomically.
@@ -54,8 +58,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from streamformer import StreamFormerVisionModel
+from streamformer.cache import DEFAULT_MAX_FRAMES
 from streamformer.checkpoints import load_model
-from streamformer.video import open_video, preprocess, read_frames, resample_indices
+from streamformer.video import FrameDecoder, VideoReadError, preprocess, resample_indices
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +69,6 @@ Grid = Literal["linspace", "uniform"]
 PROTOCOLS = ("stream", "chunks")
 GRIDS = ("linspace", "uniform")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
-DECODE_BYTES = 1 << 28  # raw frames decoded at once by the dataset (256 MiB)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,59 +96,45 @@ def feature_frames(num_frames: int, chunk: int = 6, grid: Grid = "linspace") -> 
 # Frames
 
 
-def quantize(pixels: Tensor) -> Tensor:
-    """[-1, 1] float pixels -> uint8 grey levels (at most 1/255 off; 1/4 the memory of float)."""
-    return ((pixels + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+class VideoFrames:
+    """A video's frames resampled to `fps`, decoded as they are asked for: memory holds one
+    request's frames however long the video.
 
-
-def dequantize(levels: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """uint8 grey levels -> [-1, 1] pixels (SigLIP's x / 255 normalised by mean = std = 0.5)."""
-    return levels.to(dtype) / 127.5 - 1
-
-
-@dataclass
-class ResampledFrames:
-    """A video's frames after resampling: frame i of the stream is `levels[index[i]]`.
-
-    `levels` holds each decoded source frame once (up-sampling repeats frames), preprocessed to the
-    model's size and kept as uint8 [U, 3, S, S]; `index` [N] maps stream frames to rows.
+    Stream frame i is source frame `index[i]` (resampled with the original's truncating rule,
+    `linspace(0, n - 1, int(n / source_fps * fps)).astype(int)`). `take` preprocesses with the
+    backbone's "center_crop" mode at `size` (the OAD protocol). Source frames of the previous
+    request are kept, since the "chunks" protocol's last two clips overlap. Picklable (the
+    decoder is re-opened after a trip through a DataLoader worker).
     """
 
-    levels: Tensor
-    index: Tensor
+    def __init__(self, path: str | os.PathLike, size: int, fps: float = 24.0) -> None:
+        self.path, self.size = str(path), size
+        self.decoder: FrameDecoder | None = FrameDecoder(path)
+        self.index = np.asarray(resample_indices(self.decoder.num_frames, self.decoder.fps, fps))
+        self._kept: dict[int, Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "decoder": None, "_kept": {}}
+
     def take(self, frames: Tensor | np.ndarray, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
         """Pixels [t, 3, S, S] in [-1, 1] of stream frames `frames`."""
-        rows = self.index[torch.as_tensor(frames, dtype=torch.long)]
-        return dequantize(self.levels[rows].to(device, non_blocking=True), dtype)
+        if self.decoder is None:
+            self.decoder = FrameDecoder(self.path)
+        sources = self.index[np.asarray(frames, dtype=np.int64)].tolist()
+        missing = sorted(set(sources) - self._kept.keys())
+        decoded = preprocess(self.decoder.read(missing), self.size, "center_crop") if missing else []
+        kept = {i: self._kept[i] for i in set(sources) & self._kept.keys()} | dict(zip(missing, decoded, strict=True))
+        self._kept = kept
+        return torch.stack([kept[i] for i in sources]).to(device=device, dtype=dtype, non_blocking=True)
 
 
-def _take(frames: Tensor | ResampledFrames, positions: np.ndarray, device: torch.device, dtype: torch.dtype) -> Tensor:
-    if isinstance(frames, ResampledFrames):
+def _take(frames: Tensor | VideoFrames, positions: np.ndarray, device: torch.device, dtype: torch.dtype) -> Tensor:
+    if isinstance(frames, VideoFrames):
         return frames.take(positions, device, dtype)
     return frames[torch.as_tensor(positions, dtype=torch.long)].to(device=device, dtype=dtype)
-
-
-def load_frames(path: str | os.PathLike, size: int, fps: float = 24.0) -> ResampledFrames:
-    """Decode and preprocess a video for feature extraction; raises `VideoReadError` (or
-    ValueError for a broken frame rate) naming the file.
-
-    Resampling to `fps` truncates as the original (`linspace(0, n - 1, count).astype(int)`);
-    preprocessing is the backbone's "center_crop" mode at `size`, then stored as uint8 levels.
-    """
-    reader = open_video(path)
-    indices = resample_indices(len(reader), float(reader.get_avg_fps()), fps, rounding="floor")
-    unique, inverse = np.unique(np.asarray(indices), return_inverse=True)
-    height, width = reader[0].shape[:2]
-    block = max(1, DECODE_BYTES // (height * width * 3))
-    levels = [
-        quantize(preprocess(read_frames(reader, unique[i : i + block].tolist(), str(path)), size, "center_crop"))
-        for i in range(0, len(unique), block)
-    ]
-    return ResampledFrames(torch.cat(levels), torch.from_numpy(inverse.reshape(-1)).long())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,22 +145,26 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def check_options(protocol: Protocol, window: int | None, sink_frames: int, frames_per_forward: int) -> None:
+def check_options(protocol: Protocol, chunk: int, max_frames: int | None, sink_frames: int, frames_per_forward: int) -> None:
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if protocol == "chunks" and (window is not None or sink_frames):
-        raise ValueError("window/sink_frames apply to the stream protocol (chunks are independent clips)")
+    # A chunk is an independent clip: any window at least as long leaves it as it is.
+    if protocol == "chunks" and ((max_frames is not None and max_frames < chunk) or sink_frames):
+        raise ValueError(
+            f"the chunks protocol runs independent {chunk}-frame clips: max_frames below {chunk} or sink_frames "
+            "would change them (they are for the stream protocol)"
+        )
     if frames_per_forward < 1:
         raise ValueError(f"frames_per_forward must be >= 1, got {frames_per_forward}")
 
 
 def video_features(
     model: StreamFormerVisionModel,
-    frames: Tensor | ResampledFrames,
+    frames: Tensor | VideoFrames,
     protocol: Protocol = "stream",
     chunk: int = 6,
     grid: Grid = "linspace",
-    window: int | None = None,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
     sink_frames: int = 0,
     frames_per_forward: int = 48,
 ) -> Tensor:
@@ -178,20 +172,20 @@ def video_features(
 
     Args:
         model: the backbone (in eval mode; run under torch.inference_mode()).
-        frames: [N, 3, S, S] pixels in [-1, 1], or `ResampledFrames`.
+        frames: [N, 3, S, S] pixels in [-1, 1], or `VideoFrames` (decoded as consumed).
         protocol: "stream" (one causal pass with the KV cache) or "chunks" (independent clips).
         chunk: frames per feature (6 at 24 fps: 4 features per second).
         grid: chunk grid, "linspace" (the original's) or "uniform"; see `feature_frames`.
-        window, sink_frames: temporal window of the stream in frames (None: unbounded).
+        max_frames, sink_frames: temporal window of the stream in frames (None: unbounded).
         frames_per_forward: frames per forward call (stream: frames fed to the cache at once;
             chunks: frames_per_forward // chunk clips batched). Does not change the result.
     """
-    check_options(protocol, window, sink_frames, frames_per_forward)
+    check_options(protocol, chunk, max_frames, sink_frames, frames_per_forward)
     ends = feature_frames(len(frames), chunk, grid)
     device, dtype = model.device, _model_dtype(model)
     parts: list[Tensor] = []
     if len(ends) and protocol == "stream":
-        cache = model.new_cache(batch_size=1, max_frames=window, sink_frames=sink_frames)
+        cache = model.new_cache(batch_size=1, max_frames=max_frames, sink_frames=sink_frames)
         for start in range(0, int(ends[-1]) + 1, frames_per_forward):
             stop = min(start + frames_per_forward, int(ends[-1]) + 1)
             context = model.temporal_context(stop - start, cache)
@@ -238,10 +232,11 @@ def list_videos(videos: str | os.PathLike | Sequence[tuple[str, str]] | Sequence
 
 
 class VideoFeatureDataset(Dataset):
-    """One item per video: {"session", "path", "frames": ResampledFrames | None, "error": str | None}.
+    """One item per video: {"session", "path", "frames": VideoFrames | None, "error": str | None}.
 
-    Decoding happens here, so DataLoader workers prefetch the next videos. A video that cannot be
-    decoded gives an item with its error and no frames (never another video's frames).
+    The video is opened here (workers check the next videos ahead); its frames are decoded later,
+    as the backbone consumes them. A video that cannot be opened gives an item with its error and
+    no frames (never another video's frames).
     """
 
     def __init__(self, videos: Sequence[tuple[str, str]], size: int, fps: float = 24.0) -> None:
@@ -254,8 +249,8 @@ class VideoFeatureDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         session, path = self.videos[i]
         try:
-            frames = load_frames(path, self.size, self.fps)
-        except Exception as error:  # any decoding failure is the video's, never the run's
+            frames = VideoFrames(path, self.size, self.fps)
+        except (VideoReadError, ValueError) as error:  # the video's failure (a ValueError: its frame rate), never the run's
             return {"session": session, "path": path, "frames": None, "error": f"{type(error).__name__}: {error}"}
         return {"session": session, "path": path, "frames": frames, "error": None}
 
@@ -279,13 +274,13 @@ class FeatureExtractor(L.LightningModule):
         protocol: Protocol = "stream",
         chunk: int = 6,
         grid: Grid = "linspace",
-        window: int | None = None,
+        max_frames: int | None = DEFAULT_MAX_FRAMES,
         sink_frames: int = 0,
         frames_per_forward: int = 48,
         temporal: bool = True,
     ) -> None:
         super().__init__()
-        check_options(protocol, window, sink_frames, frames_per_forward)
+        check_options(protocol, chunk, max_frames, sink_frames, frames_per_forward)
         if protocol == "stream" and model.config.temporal_position == "interpolate":
             raise ValueError("the stream protocol needs temporal_position='clamp' (an 'interpolate' model cannot stream)")
         self.model = model.eval()
@@ -295,7 +290,7 @@ class FeatureExtractor(L.LightningModule):
             protocol=protocol,
             chunk=chunk,
             grid=grid,
-            window=window,
+            max_frames=max_frames,
             sink_frames=sink_frames,
             frames_per_forward=frames_per_forward,
         )
@@ -309,7 +304,11 @@ class FeatureExtractor(L.LightningModule):
         for item in batch:
             result = {"session": item["session"], "path": item["path"], "features": None, "error": item["error"]}
             if item["error"] is None:
-                result["features"] = video_features(self.model, item["frames"], **self.options).numpy().astype(np.float32)
+                try:
+                    features = video_features(self.model, item["frames"], **self.options)
+                    result["features"] = features.numpy().astype(np.float32)
+                except VideoReadError as error:  # a file broken past its first frames: the video's failure
+                    result["error"] = f"{type(error).__name__}: {error}"
             results.append(result)
         return results
 
@@ -410,7 +409,7 @@ def extract_features(
     videos: str | os.PathLike | Sequence[tuple[str, str]] | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     protocol: Protocol = "stream",
-    window: int | None = None,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
     sink_frames: int = 0,
     fps: float = 24.0,
     chunk: int = 6,
@@ -436,14 +435,15 @@ def extract_features(
         replace_stale: delete the folder's features when they came from other settings, instead of
             refusing.
         protocol: "stream" (ours: one causal pass through the KV cache) or "chunks" (the original).
-        window, sink_frames: temporal window of the stream, in frames at `fps` (None: unbounded).
+        max_frames, sink_frames: temporal window of the stream, in frames at `fps` (256 by
+            default, about 10.7 s at 24 fps; None: unbounded, memory growing with the video).
         fps: resampling rate before chunking.
         chunk: frames per feature.
         grid: "linspace" (the original's chunk grid) or "uniform" (see `feature_frames`).
         temporal: False zeroes every temporal gate (ablation: the backbone without temporal branch).
         frames_per_forward: frames per forward call (speed/memory only).
         batch_size: videos per predict step.
-        num_workers: DataLoader workers decoding videos ahead.
+        num_workers: DataLoader workers opening videos ahead (frames are decoded as consumed).
         accelerator, devices, strategy, precision: Lightning Trainer settings (videos are sharded
             over devices).
         progress: show Lightning's progress bar.
@@ -455,11 +455,11 @@ def extract_features(
     pairs = list_videos(videos)
     # Model and options are checked before the folder is claimed for these settings.
     model = load_model(str(model_path))
-    module = FeatureExtractor(model, protocol, chunk, grid, window, sink_frames, frames_per_forward, temporal)
+    module = FeatureExtractor(model, protocol, chunk, grid, max_frames, sink_frames, frames_per_forward, temporal)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = dict(
-        backbone=backbone_fingerprint(model_path), protocol=protocol, window=window, sink_frames=sink_frames,
+        backbone=backbone_fingerprint(model_path), protocol=protocol, max_frames=max_frames, sink_frames=sink_frames,
         fps=fps, chunk=chunk, grid=grid, temporal=temporal, precision=str(precision),
     )  # fmt: skip
     claim_output_dir(out, settings, replace_stale)
