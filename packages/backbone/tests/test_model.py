@@ -173,3 +173,20 @@ def test_dual_encoder_logits_and_sigmoid_loss(video_tensor):
     assert model.logit_scale.item() == pytest.approx(2.302585, abs=1e-5)
     with pytest.raises(ValueError, match="text_config"):
         StreamFormerModel(tiny_config())
+
+
+@torch.no_grad()
+def test_attention_batches_past_the_cuda_grid_limit_go_in_slices(monkeypatch):
+    """B x N temporal sequences above SDPA_MAX_BATCH (65,535 on CUDA) are attended in slices."""
+    from streamformer import model as modeling
+
+    model = tiny_model()
+    video = torch.randn(3, 4, 3, 32, 32)  # 3 clips x 16 patches = 48 temporal sequences
+    whole = model(video).last_hidden_state
+    batches = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(modeling, "SDPA_MAX_BATCH", 20)
+    monkeypatch.setattr(modeling.F, "scaled_dot_product_attention", lambda q, *a, **k: batches.append(len(q)) or sdpa(q, *a, **k))
+    sliced = model(video).last_hidden_state
+    assert max(batches) == 20 and batches.count(8) == model.config.num_hidden_layers  # 48 = 20 + 20 + 8 per block
+    torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=0)

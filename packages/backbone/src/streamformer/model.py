@@ -113,6 +113,12 @@ class TemporalContext:
 # Building blocks
 
 
+# CUDA's flash and memory-efficient SDPA kernels put the batch on a grid dimension of at most
+# 65,535 blocks and fail above it. Temporal attention batches B x N sequences (one per patch),
+# which passes that at 335 clips of 224 px, so larger batches are attended in slices.
+SDPA_MAX_BATCH = 65_535
+
+
 def attention(
     query: Tensor,
     key: Tensor,
@@ -127,7 +133,12 @@ def attention(
     # plain matmuls read the cached keys/values faster than the flash kernel does.
     single_query_on_cpu = query.shape[-2] == 1 and query.device.type == "cpu"
     if implementation == "sdpa" and not single_query_on_cpu:
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+        # Slices of at most SDPA_MAX_BATCH sequences: see its comment.
+        parts = zip(*(x.split(SDPA_MAX_BATCH) for x in (query, key, value)), strict=True)
+        outs = [
+            F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal) for q, k, v in parts
+        ]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
     if single_query_on_cpu:
         # The query is a strided slice of the fused qkv output: a batched matmul on it is 3x slower
         # in fp32 than on a contiguous copy, which costs one small [S, heads, 1, head_dim] write.
