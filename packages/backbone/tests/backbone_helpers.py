@@ -44,7 +44,7 @@ def tiny_siglip(hidden_act: str = "gelu", seed: int = 0) -> SiglipModel:
 
 
 def original_layout_checkpoint(directory, num_layers: int = 12, lora: bool = True, prefix: str = "", seed: int = 0):
-    """Write a random checkpoint in the ORIGINAL StreamFormer layout (reference section 2) and its
+    """Write a random checkpoint in the ORIGINAL StreamFormer layout (`timesformer.*` keys, fused qkv, LoRA) and its
     original config.json (model_type "timesformer"); returns (state_dict, config dict)."""
     d, i, n, f, r = 32, 64, 16, 8, 4
     g = torch.Generator().manual_seed(seed)

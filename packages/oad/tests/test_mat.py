@@ -1,5 +1,5 @@
 """MAT: shapes, memory compression paths, attention masks, loss, schedule and parameter counts
-(reference/downstream.md A.5, A.6 and the invariants of E.2)."""
+(as the original MAT builds and trains them)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""OAD metrics against the reference invariants (downstream.md E.2 items 1-3)."""
+"""OAD metrics against hand-computed values and the definitions MAT and StreamFormer report (THUMOS AP, TVSeries cAP)."""
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ THUMOS_CLASSES = ["Background", *[f"action{i}" for i in range(1, 21)], "Ambiguou
 
 
 def thumos_example() -> tuple[np.ndarray, np.ndarray]:
-    """E.2 item 1: 6 frames × 22 columns; class 1 at frames 0, 2; class 2 at 3; frame 4 ambiguous."""
+    """6 frames × 22 columns; class 1 at frames 0, 2; class 2 at 3; frame 4 ambiguous."""
     ground_truth = np.zeros((6, 22))
     ground_truth[[0, 2], 1] = 1
     ground_truth[3, 2] = 1
@@ -104,7 +104,7 @@ def test_ap_without_positives_is_zero():
 
 
 def test_perstage_rows_reference_instance():
-    # E.2 item 3: one instance on frames 1..11 of 14: decile k scores only frame 1 + k (plus background)
+    # One instance on frames 1..11 of 14: decile k scores only frame 1 + k (plus background)
     labels = np.zeros(14, dtype=int)
     labels[1:12] = 1
     background = [0, 12, 13]

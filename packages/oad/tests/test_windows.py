@@ -1,4 +1,4 @@
-"""Window and sampler indices against the reference invariants (downstream.md E.2 items 7, 8)."""
+"""Window and sampler indices against the original MAT's rules: window starts, long-memory samplers, future targets."""
 
 import numpy as np
 import pytest

@@ -1,7 +1,7 @@
 """OAD data: `data_info.json`, per-session feature/target files, train/test windows and per-frame samples.
 
-Layout (reference A.3), one (T, D) array per session and stream, with T equal across the files of a
-session:
+Layout (THUMOS / TVSeries features as MAT reads them), one (T, D) array per session and stream,
+with T equal across the files of a session:
 
     <root>/<visual_feature>/<session>.npy    (T, Dv) features, one per 0.25 s
     <root>/<motion_feature>/<session>.npy    (T, Dm) optional second stream (optical flow)

@@ -1,4 +1,4 @@
-"""Per-frame metrics of online action detection, as MAT and StreamFormer report them (reference A.8).
+"""Per-frame metrics of online action detection, as MAT and StreamFormer report them.
 
 - `perframe_average_precision`: THUMOS mAP (metric "AP") and TVSeries mcAP (metric "cAP").
 - `perstage_average_precision`: the same scores restricted to deciles of every action instance.

@@ -1,7 +1,7 @@
 """MAT, the Memory-and-Anticipation Transformer (Wang et al., ICCV 2023), as an OAD head on frozen features.
 
 One sample is `long_memory_num_samples` long-memory features followed by a work window of
-`work_memory_length` features (oldest first). The graph (reference/downstream.md A.5):
+`work_memory_length` features (oldest first). The graph, as the original MAT builds it:
 
     memory  = compress(feature_head_long(long))              # 16 queries read the long memory -> 8 or 16 tokens,
                                                              # then self-attention over them
@@ -35,13 +35,13 @@ Activation = Literal["gelu", "relu"]
 # How the long-memory compression chooses between its grouped and un-grouped path (see `MAT.forward`).
 Grouping = Literal["batch", "sample"]
 
-# Loss weight of each future representation (A.6).
+# Loss weight of each future representation, as the original MAT.
 FUTURE_LOSS_WEIGHT = 0.1
 
 
 @dataclass
 class MATConfig:
-    """Hyper-parameters of MAT; the defaults are the THUMOS two-stream config (reference A.4, A.7).
+    """Hyper-parameters of MAT; the defaults are the THUMOS two-stream config.
 
     Args:
         visual_size: input visual feature size (768 for StreamFormer features).
@@ -590,7 +590,7 @@ def init_weights(module: nn.Module) -> None:
 
 
 def mce_loss(logits: Tensor, target: Tensor, ignore_index: int = -100) -> Tensor:
-    """MAT's multi-label cross-entropy `MCE` (reference A.6).
+    """MAT's multi-label cross-entropy `MCE`.
 
     Per row: -sum_c target_c * log_softmax(logits)_c (multi-hot targets are not renormalised).
     With `ignore_index >= 0` (THUMOS: 21, "Ambiguous"), that column is dropped from logits and

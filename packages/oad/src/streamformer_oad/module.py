@@ -1,7 +1,7 @@
 """The OAD training job: a DataModule over THUMOS-layout features and the MAT LightningModule.
 
 Evaluation has two modes (the DataModule's `evaluation`):
-- "windows": the original's train-time test (reference/downstream.md A.8 mode 1), which the
+- "windows": the original's train-time test, which the
   StreamFormer paper reports: non-overlapping windows of work + anticipation rows, every row scored,
   the anticipated rows included.
 - "online": one score per frame from the past only (`windows.online_indices`), equal to what
@@ -30,7 +30,7 @@ Evaluation = Literal["windows", "online"]
 
 
 class OADDataModule(L.LightningDataModule):
-    """Features and per-frame targets in the THUMOS / TVSeries layout (reference A.3).
+    """Features and per-frame targets in the THUMOS / TVSeries layout.
 
     Args:
         root: the data set directory holding `<visual_feature>/`, `<target_dir>/` (and `<motion_feature>/`).
@@ -38,8 +38,8 @@ class OADDataModule(L.LightningDataModule):
         data_info: the data_info.json (default: `<root>/data_info.json`).
         visual_feature, motion_feature: feature directory names; no motion feature = visual only.
         long_memory_num_samples, long_memory_rate, work_length, anticipation_length, future_length:
-            memory and target lengths in feature frames (reference A.4); the CLI links the ones
-            the model shares from `model.config`.
+            memory and target lengths in feature frames; the CLI links the ones the model
+            shares from `model.config`.
         evaluation: "windows" (the paper's train-time test) or "online" (per frame, past only).
         batch_size, num_workers: DataLoader settings.
         seed: the train windows' random offsets (a new offset every epoch: seed + epoch).
@@ -107,7 +107,7 @@ class OADDataModule(L.LightningDataModule):
 
 
 class OnlineActionDetection(L.LightningModule):
-    """MAT on frozen features, trained with MCE (reference A.6) and evaluated by per-frame mAP (A.8).
+    """MAT on frozen features, trained with MCE and evaluated by per-frame mAP.
 
     Args:
         config: the MAT head.

@@ -1,4 +1,4 @@
-"""Frame-index arithmetic of MAT samples (reference A.6): windows, long-memory samplers, future targets.
+"""Frame-index arithmetic of MAT samples: windows, long-memory samplers, future targets.
 
 Pure numpy over the frame indices of one session of `num_frames` feature/target rows. A sample is a
 work window of `work_length` observed frames [work_start, work_end), `anticipation_length` frames
@@ -15,7 +15,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class WindowLengths:
-    """Sample lengths in feature frames (A.4); the defaults are THUMOS' at 4 fps."""
+    """Sample lengths in feature frames; the defaults are THUMOS' at 4 fps."""
 
     work: int = 32
     anticipation: int = 8

@@ -1,8 +1,9 @@
 """The synthetic world in the original annotation formats, so the real-data readers load it unchanged.
 
-Formats: reference/streamformer.md section 7 (AR, retrieval, grounding, localization, YouTube-VIS,
-MeViS) and reference/downstream.md A.3 (THUMOS-style OAD targets). Paths below are relative to the
-world's root; `SplitWriter` writes one split.
+Formats: the original pretraining's annotation files (AR, retrieval, grounding and localization
+CSVs, YouTube-VIS JSON, MeViS-style expressions with per-frame masks; their columns are listed in
+`streamformer.synthetic`) and THUMOS-style OAD targets (per-video `target_perframe` arrays at 4 fps).
+Paths below are relative to the world's root; `SplitWriter` writes one split.
 """
 
 from __future__ import annotations
