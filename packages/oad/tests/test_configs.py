@@ -8,9 +8,8 @@ import pytest
 import torch
 import yaml
 
-from streamformer_oad.cli import LINKED_LENGTHS, cli
 from streamformer_oad.model import MAT, MATConfig
-from streamformer_oad.module import OADDataModule, OnlineActionDetection
+from streamformer_oad.module import LINKED_LENGTHS, OADDataModule, OnlineActionDetection, lightning_cli
 
 CONFIGS = Path(__file__).parents[3] / "configs" / "oad"
 PARAMETERS = {"thumos-mat.yaml": 104_638_486, "thumos-mat-visual.yaml": 98_334_742, "tvseries-mat.yaml": 98_343_967}
@@ -33,7 +32,9 @@ def test_every_key_is_an_argument(name):
 
 
 def test_linked_lengths_reach_the_data(toy_data):
-    run = cli([f"--config={CONFIGS / 'synthetic-mat.yaml'}", f"--data.root={toy_data}", "--data.dataset=Toy"], run=False)
+    run = lightning_cli(
+        [f"--config={CONFIGS / 'synthetic-mat.yaml'}", f"--data.root={toy_data}", "--data.dataset=Toy"], run=False
+    )
     lengths = run.datamodule.lengths
     config = run.model.config
     assert (lengths.work, lengths.anticipation, lengths.future, lengths.memory_samples) == (

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from streamformer_oad.cli import cli
 from streamformer_oad.demo import plot
 from streamformer_oad.metrics import perframe_average_precision
-from streamformer_oad.module import OnlineActionDetection
+from streamformer_oad.module import OnlineActionDetection, lightning_cli
 from streamformer_oad.online import score_video
 
 NUM_CLASSES = 5  # the toy data set of conftest.py: background, 3 actions, ambiguous
@@ -53,7 +52,7 @@ def arguments(root, epochs=25):
 @pytest.fixture(scope="module")
 def trained(toy_data):
     root = toy_data
-    run = cli(arguments(root), run=False)
+    run = lightning_cli(arguments(root), run=False)
     run.trainer.fit(run.model, run.datamodule)
     return root, run
 
@@ -100,6 +99,6 @@ def test_checkpoint_holds_ema_weights_and_plots(trained, tmp_path):
 
 def test_mismatched_config_is_a_clear_error(trained):
     root, _ = trained
-    run = cli([*arguments(root, epochs=1), "--model.config.num_classes=7"], run=False)
+    run = lightning_cli([*arguments(root, epochs=1), "--model.config.num_classes=7"], run=False)
     with pytest.raises(ValueError, match="5 classes"):
         run.trainer.fit(run.model, run.datamodule)

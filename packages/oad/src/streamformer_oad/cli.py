@@ -13,36 +13,10 @@ from __future__ import annotations
 import sys
 import warnings
 
-from lightning.pytorch.cli import LightningCLI
-
-from .module import OADDataModule, OnlineActionDetection
+from .module import lightning_cli
 
 # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-
-# The memory and target lengths live once, in the model config; the data module reads them.
-LINKED_LENGTHS = {
-    "long_memory_num_samples": "long_memory_num_samples",
-    "work_memory_length": "work_length",
-    "anticipation_length": "anticipation_length",
-    "future_length": "future_length",
-}
-
-
-class OADCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        for source, target in LINKED_LENGTHS.items():
-            parser.link_arguments(f"model.config.{source}", f"data.{target}")
-
-
-def cli(args: list[str] | None = None, run: bool = True) -> OADCLI:
-    return OADCLI(
-        OnlineActionDetection,
-        OADDataModule,
-        args=args,
-        run=run,
-        save_config_kwargs={"overwrite": True},
-    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
 
         CLI({"extract": extract_features, "plot": plot, "demo": run_demo, "seeds": run_seeds}, args=argv, as_positional=True)
         return
-    cli(argv if argv != sys.argv[1:] else None)
+    lightning_cli(argv if argv != sys.argv[1:] else None)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from streamformer.synthetic import REVERSED_ACTION
 from .data import load_session
 from .features import extract_features
 from .metrics import perframe_average_precision
-from .module import OADDataModule, OnlineActionDetection
+from .module import OADDataModule, OnlineActionDetection, lightning_cli
 from .online import score_video
 
 FEATURE_SETS: dict[str, dict[str, Any]] = {
@@ -116,8 +116,6 @@ def compare_feature_sets(
         features: sub-folder of `<world>/oad` for the features (one per backbone when several are compared).
         seed: MAT's `seed_everything` and window-offset seed (default: the config's).
     """
-    from .cli import cli
-
     results: dict[str, dict[str, float]] = {}
     checkpoints = {}
     for name, settings in FEATURE_SETS.items():
@@ -128,7 +126,7 @@ def compare_feature_sets(
     seeded = [] if seed is None else ["--seed_everything", str(seed), "--data.seed", str(seed)]
     for name in FEATURE_SETS:
         feature = str(Path(features) / name) if features else name
-        run = cli(["--config", config, "--data.root", str(Path(world) / "oad"), "--data.visual_feature", feature,
+        run = lightning_cli(["--config", config, "--data.root", str(Path(world) / "oad"), "--data.visual_feature", feature,
                    "--trainer.default_root_dir", f"{output}/{name}", *seeded], run=False)  # fmt: skip
         run.trainer.fit(run.model, run.datamodule)
         checkpoints[name] = run.trainer.checkpoint_callback.last_model_path

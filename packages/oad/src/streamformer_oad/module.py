@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -220,3 +221,26 @@ def chance_average_precision(targets: Tensor, info: DataInfo) -> float:
         targets = targets[targets[:, info.ignore_index] != 1]
     rates = [targets[:, c].mean().item() for c in range(1, targets.shape[1]) if c != info.ignore_index and targets[:, c].any()]
     return sum(rates) / max(1, len(rates))
+
+
+# ---------------------------------------------------------------------------------------------
+# The LightningCLI of the job (`streamformer-oad fit/test`, and the demo's runs)
+
+# The memory and target lengths live once, in the model config; the data module reads them.
+LINKED_LENGTHS = {
+    "long_memory_num_samples": "long_memory_num_samples",
+    "work_memory_length": "work_length",
+    "anticipation_length": "anticipation_length",
+    "future_length": "future_length",
+}
+
+
+class OADCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        for source, target in LINKED_LENGTHS.items():
+            parser.link_arguments(f"model.config.{source}", f"data.{target}")
+
+
+def lightning_cli(args: list[str] | None = None, run: bool = True) -> OADCLI:
+    """The job's LightningCLI on `args` (None: the command line); `run=False` only builds it."""
+    return OADCLI(OnlineActionDetection, OADDataModule, args=args, run=run, save_config_kwargs={"overwrite": True})
