@@ -10,15 +10,8 @@ import pytest
 import torch
 
 from streamformer_pretrain import MultiTaskDataModule, StreamFormerPretraining
-from streamformer_pretrain.data import (
-    ClipOptions,
-    DatasetMixture,
-    GroundingDataset,
-    LocalizationDataset,
-    RetrievalDataset,
-    collate,
-    task_readers,
-)
+from streamformer_pretrain.data import DatasetMixture, collate, task_readers
+from streamformer_pretrain.readers import ClipOptions, GroundingDataset, LocalizationDataset, RetrievalDataset
 
 OPTIONS = ClipOptions(num_frames=4, image_size=32, train=True)
 EVAL = ClipOptions(num_frames=4, image_size=32, train=False)
@@ -71,12 +64,14 @@ def test_localization_reads_several_data_sets_with_their_own_classes(world, tmp_
     assert seen == {"Synthetic", "HACS"}
 
 
-def test_a_missing_data_set_root_skips_the_sample_by_name(world, tmp_path, caplog):
+def test_a_data_set_without_a_video_root_fails_when_the_reader_is_built(world, tmp_path):
     files = two_localization_sets(world, tmp_path)
     files["video_root"] = {"Synthetic": files["video_root"]["Synthetic"]}
-    loc = LocalizationDataset(**files, options=EVAL)
-    hacs = next(i for i, s in enumerate(loc.samples) if s["dataset"] == "HACS")
-    assert loc.get(hacs, seed=0) is None and "no video root for data set 'HACS'" in caplog.text
+    with pytest.raises(ValueError, match=r"LocalizationDataset \(.*loc.csv\): no video root for data sets \['HACS'\]"):
+        LocalizationDataset(**files, options=EVAL)
+    files["video_root"]["HACS"] = str(tmp_path / "mistyped")
+    with pytest.raises(FileNotFoundError, match=r"LocalizationDataset .*: video root of HACS .*mistyped does not exist"):
+        LocalizationDataset(**files, options=EVAL)
 
 
 def test_grounding_names_tacos_files_and_prefixes_action_captions(world, tmp_path):

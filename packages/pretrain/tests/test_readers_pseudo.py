@@ -11,7 +11,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from streamformer.video import segment_indices
-from streamformer_pretrain.data import ClipOptions, CocoPseudoVisDataset, RefCocoPseudoDataset, ReferYoutubeVosDataset
+from streamformer_pretrain.readers import ClipOptions, CocoPseudoVisDataset, RefCocoPseudoDataset, ReferYoutubeVosDataset
 
 H, W = 24, 32
 GREY, RED = (60, 60, 60), (220, 20, 20)

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from streamformer_pretrain.data import TaskBalancedBatchSampler, small_task_repeats
+from streamformer_pretrain.sampling import TaskBalancedBatchSampler, small_task_repeats
 
 
 def batches(sampler):

@@ -1,8 +1,10 @@
 """Training through Lightning: one run end to end, a killed run that resumes exactly, and DDP
-ranks that stay in step when one rank's batch is all broken."""
+ranks that stay in step when one rank's batch is all broken or its loss non-finite."""
 
+import math
 import os
 import socket
+import warnings
 from datetime import timedelta
 
 import lightning as L
@@ -10,10 +12,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy
+from torch.utils.data import DataLoader
 
+from streamformer.synthetic import DATASET
 from streamformer_pretrain import MultiTaskDataModule, StreamFormerPretraining
 from streamformer_pretrain.data import MultiTaskDataset
+from streamformer_pretrain.readers import ClipOptions
 
 TINY = dict(
     image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -55,7 +61,7 @@ def make(world, tmp_path, *callbacks, trainer_args=None, **model_args):
 def test_fit_trains_every_task_and_exports(world, tmp_path):
     from streamformer import StreamFormerVisionModel
     from streamformer_pretrain.cli import export
-    from streamformer_pretrain.evaluate import evaluate, format_table
+    from streamformer_pretrain.evaluate import evaluate, format_table, held_out_datasets
 
     recorder = Recorder()
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
@@ -71,22 +77,37 @@ def test_fit_trains_every_task_and_exports(world, tmp_path):
     backbone = StreamFormerVisionModel.from_pretrained(tmp_path / "backbone")
     torch.testing.assert_close(backbone.state_dict(), module.model.timesformer.state_dict())
     with pytest.warns(UserWarning, match="softmax-trained masks"):
-        results = evaluate(module, world.root, num_frames=4, image_size=32)
+        results = evaluate(module, held_out_datasets(ClipOptions(4, 32, train=False), data.tasks, root=world.root))
     assert list(results) == ["AR top-1", "grounding mIoU"]  # no mask metric without a background score
     assert all(0 <= r["value"] <= 1 and 0 < r["chance"] < 1 for r in results.values())
     blind = results["grounding mIoU"]["blind"]
     assert 0 < blind <= 1 and f"scores {blind:.3f} mIoU" in format_table(results)
 
 
-def test_evaluate_scores_the_masks_of_a_sigmoid_model(world):
-    from streamformer_pretrain.evaluate import evaluate
+def test_evaluate_reads_held_out_data_by_path_as_it_reads_the_world(world):
+    """Real data sets are given by reader arguments (`task_files`); pointed at the world's val
+    files they must give the same figures as the world's own layout."""
+    from streamformer_pretrain.evaluate import evaluate, held_out_datasets
 
     data = MultiTaskDataModule(root=str(world.root), tasks=("vis", "rvos"), num_frames=4, image_size=32, batch_size=4)
     module = StreamFormerPretraining(config=TINY, segmentation_loss="sigmoid")
     module.build(data, warm_up_text=False)
-    results = evaluate(module, world.root, num_frames=4, image_size=32)
-    assert list(results) == ["VIS mIoU", "RVOS mIoU"]
-    assert all(0 <= r["value"] <= 1 and 0 < r["chance"] < 1 for r in results.values())
+    options = ClipOptions(4, 32, train=False)
+    root = world.root
+    task_files = {
+        "vis": {"json_path": str(root / f"vis/val_{DATASET}.json"), "frame_root": str(root / "vis"),
+                "label2id": str(root / "vis/label2id.json"), "dataset": DATASET},
+        "rvos": {"csv_path": str(root / "rvos/val_MEVIS.csv"), "video_root": str(root / "videos"),
+                 "mask_root": str(root / "rvos/masks")},
+    }  # fmt: skip
+    by_world = evaluate(module, held_out_datasets(options, data.tasks, root=root))
+    by_path = evaluate(module, held_out_datasets(options, data.tasks, task_files=task_files))
+    assert list(by_world) == ["VIS mIoU", "RVOS mIoU"] and by_path == by_world
+    only_rvos = evaluate(module, held_out_datasets(options, data.tasks, task_files={"rvos": task_files["rvos"]}))
+    # (the chance levels share one seeded generator across tasks, so only the value is the same)
+    assert list(only_rvos) == ["RVOS mIoU"] and only_rvos["RVOS mIoU"]["value"] == by_world["RVOS mIoU"]["value"]
+    with pytest.raises(ValueError, match="no head for: \\['ar'\\]"):
+        held_out_datasets(options, data.tasks, task_files={"ar": {}})
 
 
 def test_killed_run_resumes_at_the_saved_step_with_the_same_data_and_optimizer(world, tmp_path):
@@ -201,3 +222,119 @@ def test_a_rank_whose_batch_is_all_broken_skips_it_with_every_rank(world, tmp_pa
         assert torch.equal(steps[0], start) != first_step_trains
         assert not torch.equal(steps[1], steps[0])  # the next steps trained
         torch.testing.assert_close(steps[-1], results[0][-1])  # and the replicas stayed equal
+
+
+class Toy(StreamFormerPretraining):
+    """The module's step logic (skips, AdamW, the schedule) around a linear model instead of a
+    StreamFormer: a batch is {"video": x [N, 4], "target": y [N]}, its loss the squared error."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(lr=0.1, min_lr=0.1, **kwargs)  # min_lr = lr: a constant learning rate
+        self.net = torch.nn.Linear(4, 1)
+        with torch.no_grad():  # the same start in every process
+            self.net.weight.copy_(torch.linspace(-1, 1, 4))
+            self.net.bias.zero_()
+        self.after = []  # the weights after each batch
+
+    def configure_model(self) -> None:
+        pass  # no StreamFormer to build
+
+    def total_steps(self) -> int:
+        return 100  # no DataModule to count from; the schedule is constant anyway
+
+    def task_loss(self, batch, seed=0):
+        out = self.net(batch["video"])[:, 0]
+        if batch.get("inf_grad"):  # what an fp16 overflow in backward looks like to the scaler
+            out.register_hook(lambda grad: torch.full_like(grad, math.inf))
+        return (out - batch["target"]).pow(2).mean()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.after.append(torch.cat([p.detach().flatten() for p in self.net.parameters()]))
+
+
+def toy_batches(seed: int, count: int, nan_at=()) -> list[dict]:
+    """`count` batches of 4 samples; those in `nan_at` have NaN targets, and so a NaN loss."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for i in range(count):
+        video, target = torch.randn(4, 4, generator=g), torch.randn(4, generator=g)
+        batches.append({"task": "ar", "skipped": 0, "video": video, "target": target * math.nan if i in nan_at else target})
+    return batches
+
+
+def fit_toy(module: Toy, batches: list[dict], **trainer_args) -> L.Trainer:
+    trainer = L.Trainer(
+        **{"max_epochs": 1, "accelerator": "cpu", "devices": 1, **trainer_args},
+        use_distributed_sampler=False, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, DataLoader(batches, batch_size=None))
+    return trainer
+
+
+NAN_AT = {0: (3,), 1: (1,)}  # per rank, the batches whose loss is NaN: never two in a row
+
+
+def _nonfinite_worker(rank: int, port: int, results) -> None:
+    """One of two DDP ranks (launched as in `_ddp_worker`): five batches with a NaN loss on one
+    rank at batches 1 and 3; then a run with two in a row on rank 1, one more than
+    `max_nonfinite_steps` allows."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0")
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
+
+    def fit_ddp(module: Toy, batches: list[dict]) -> L.Trainer:
+        return fit_toy(module, batches, devices=2, strategy=DDPStrategy(timeout=timedelta(seconds=60)))
+
+    module = Toy(max_nonfinite_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = fit_ddp(module, toy_batches(rank, 5, NAN_AT[rank]))
+    warned = [str(w.message) for w in caught if "non-finite" in str(w.message)]
+    try:
+        fit_ddp(Toy(max_nonfinite_steps=1), toy_batches(rank, 4, nan_at=(1, 2) if rank == 1 else ()))
+        stopped = None
+    except FloatingPointError as error:
+        stopped = str(error)
+    results[rank] = (module.after, warned, "train/nonfinite_steps" in trainer.callback_metrics, stopped)
+
+
+def test_a_nonfinite_loss_on_one_rank_is_skipped_by_every_rank():
+    """Raising on that rank alone would leave the other waiting in the gradient all-reduce until
+    the timeout. Both ranks skip the batch, the optimizer does not step (the run equals one without
+    those batches), and too many in a row stop every rank, not one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_nonfinite_worker, args=(port, results), nprocs=2, join=True)
+
+    # Without the skipped batches, in one process: DDP averages the ranks' gradients, which is
+    # the gradient of the squared error on both ranks' batches together.
+    rank0, rank1 = toy_batches(0, 5), toy_batches(1, 5)
+    together = [
+        {**rank0[i], **{key: torch.cat([rank0[i][key], rank1[i][key]]) for key in ("video", "target")}} for i in (0, 2, 4)
+    ]
+    reference = Toy()
+    fit_toy(reference, together)
+    for rank in (0, 1):
+        after, warned, counted, stopped = results[rank]
+        assert torch.equal(after[1], after[0]) and torch.equal(after[3], after[2])  # skipped by every rank
+        assert not torch.equal(after[2], after[1]) and not torch.equal(after[4], after[3])
+        torch.testing.assert_close(after[-1], reference.after[-1])
+        step = NAN_AT[rank][0]
+        assert warned == [f"non-finite ar loss at step {step} on rank {rank}: every rank skips this batch"]
+        assert counted
+        assert stopped is not None and "2 batches in a row (max_nonfinite_steps=1)" in stopped
+
+
+def test_an_fp16_gradient_overflow_is_left_to_the_grad_scaler():
+    """A finite loss whose gradients overflowed is no skipped batch: the scaler finds the inf,
+    skips the optimizer step and halves its scale."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    batches = toy_batches(0, 3)
+    batches[1]["inf_grad"] = True
+    module = Toy()
+    trainer = fit_toy(module, batches, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    assert torch.equal(module.after[1], module.after[0]) and not torch.equal(module.after[2], module.after[1])
+    assert scaler.get_scale() == 512.0
+    assert "train/nonfinite_steps" not in trainer.callback_metrics

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from streamformer_pretrain.data import ClipOptions, synthetic_task_datasets
+from streamformer_pretrain.data import synthetic_task_datasets
+from streamformer_pretrain.readers import ClipOptions
 from streamformer_pretrain.transforms import (
     _OPS,
     RAND_AUGMENT_OPS,

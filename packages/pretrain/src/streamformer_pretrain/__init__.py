@@ -1,20 +1,17 @@
 """Multitask visual-language pretraining of StreamFormer."""
 
-from .data import (
-    TASKS,
+from .data import TASKS, MultiTaskDataset, collate, synthetic_task_datasets
+from .module import MultiTaskDataModule, StreamFormerPretraining
+from .readers import (
     ActionRecognitionDataset,
     ClipOptions,
     GroundingDataset,
     LocalizationDataset,
-    MultiTaskDataset,
     ReferringDataset,
     RetrievalDataset,
-    TaskBalancedBatchSampler,
     VisDataset,
-    collate,
-    synthetic_task_datasets,
 )
-from .module import MultiTaskDataModule, StreamFormerPretraining
+from .sampling import TaskBalancedBatchSampler
 
 __all__ = [
     "TASKS",

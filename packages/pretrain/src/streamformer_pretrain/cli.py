@@ -1,6 +1,7 @@
-"""`streamformer-pretrain`: LightningCLI for training (fit), plus export.
+"""`streamformer-pretrain`: LightningCLI for training (fit), plus evaluate and export.
 
 streamformer-pretrain fit --config configs/pretrain/synthetic-tiny.yaml
+streamformer-pretrain evaluate CHECKPOINT.ckpt [--root runs/world | --task_files val.yaml] [--device cuda]
 streamformer-pretrain export CHECKPOINT.ckpt OUTPUT_DIR
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -39,30 +41,51 @@ def export(checkpoint: str, output: str) -> None:
     print(f"wrote the backbone of {checkpoint} to {output}")
 
 
-def evaluate(checkpoint: str, root: str = "runs/world", output: str | None = None, batch_size: int = 16) -> dict:
-    """Evaluate a checkpoint on the world's held-out split; print the table with chance levels.
+def evaluate(
+    checkpoint: str,
+    root: str | None = "runs/world",
+    task_files: str | None = None,
+    output: str | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+) -> dict:
+    """Evaluate a checkpoint on held-out data; print the table with chance levels.
+
+    The model is rebuilt as it was trained (the checkpoint's data settings: tasks, class names,
+    tokenizer), so its training annotation files must be readable where they were.
 
     Args:
         checkpoint: a `.ckpt` written by `streamformer-pretrain fit`.
-        root: the world (its `val` split is used).
+        root: a synthetic world: its `val` split is evaluated (and, for a model trained on a
+            world, its `train` split rebuilds the class names and word tokenizer).
+        task_files: a YAML file of held-out real data sets instead: per task, reader arguments
+            as in the fit config's `data.task_files`.
         output: also write the table here (Markdown) and the numbers beside it (.json).
+        device: where the model runs (default: CUDA when available).
     """
     import torch
+    import yaml
 
     from .evaluate import evaluate as run_evaluation
-    from .evaluate import format_table, load_checkpoint, save_results
+    from .evaluate import format_table, held_out_datasets, load_checkpoint, save_results
     from .module import MultiTaskDataModule
+    from .readers import ClipOptions
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    data_args = {
-        k: v for k, v in state.get("datamodule_hyper_parameters", {}).items() if k in ("tasks", "num_frames", "image_size")
-    }
-    datamodule = MultiTaskDataModule(root=root, **data_args)
-    module = load_checkpoint(checkpoint, datamodule)
-    results = run_evaluation(module, root, datamodule.hparams.num_frames, datamodule.hparams.image_size, batch_size)
+    data_args = dict(state.get("datamodule_hyper_parameters", {}))
+    if not data_args.get("task_files"):
+        data_args["root"] = root  # a world-trained model: its world may have moved
+    datamodule = MultiTaskDataModule(**data_args)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    module = load_checkpoint(checkpoint, datamodule).to(device)
+    files = yaml.safe_load(Path(task_files).read_text()) if task_files else None
+    options = ClipOptions(datamodule.hparams.num_frames, datamodule.hparams.image_size, train=False, cache_videos=files is None)
+    datasets = held_out_datasets(options, datamodule.tasks, root=root, task_files=files)
+    results = run_evaluation(module, datasets, batch_size)
     print(format_table(results))
     if output:
-        save_results(results, output, f"Held-out synthetic evaluation of {checkpoint}")
+        where = task_files or f"{root} (val)"
+        save_results(results, output, f"Held-out evaluation of {checkpoint} on {where}")
     return results
 
 

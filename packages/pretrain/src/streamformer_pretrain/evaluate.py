@@ -1,6 +1,7 @@
 """Held-out evaluation of a pretraining checkpoint on the six tasks, with chance levels.
 
-Metrics (on the world's `val` split, deterministic middle-of-segment frames):
+Metrics (on a synthetic world's `val` split, or held-out real data sets given by path;
+deterministic middle-of-segment frames; the model runs on its own device):
 AR top-1; retrieval R@1 video->text and text->video; localization per-frame mAP; grounding mIoU
 (predicted moment: `predicted_moment`); VIS mIoU over the object classes;
 RVOS mean mask IoU. Chance: 1/C and 1/N for the ranking metrics, the mean class prevalence for
@@ -22,15 +23,35 @@ from torch import Tensor
 from torchmetrics.functional.classification import binary_average_precision
 from tqdm import tqdm
 
-from .data import ClipOptions, collate, synthetic_task_datasets
+from .data import collate, synthetic_task_datasets, task_readers
 from .heads import mask_scores
 from .module import StreamFormerPretraining
+from .readers import ClipOptions, TaskDataset
 
 
-def _batches(dataset, batch_size: int):
+def held_out_datasets(
+    options: ClipOptions, tasks: tuple[str, ...], root: str | Path | None = None, task_files: dict[str, Any] | None = None
+) -> dict[str, TaskDataset]:
+    """The evaluation readers: real data sets from `task_files` (per task, reader arguments as in
+    the fit config's `data.task_files`; tasks it does not list are not evaluated), else the `val`
+    split of the synthetic world at `root`."""
+    if task_files is not None:
+        unknown = set(task_files) - set(tasks)
+        if unknown:
+            raise ValueError(f"task_files lists tasks the model has no head for: {sorted(unknown)} (its tasks: {list(tasks)})")
+        return {task: task_readers(task, task_files[task], options) for task in tasks if task in task_files}
+    if root is None:
+        raise ValueError("give root (a synthetic world) or task_files (held-out real data sets)")
+    return synthetic_task_datasets(root, "val", options, tasks)
+
+
+def _batches(dataset, batch_size: int, device: torch.device):
+    """Collated batches with the clips on `device` (labels and masks stay on the CPU, where the
+    metrics are counted)."""
     for start in tqdm(range(0, len(dataset), batch_size), desc=f"evaluate {dataset.task}", unit="batch", disable=None):
         batch = collate([dataset.get(i, seed=i) for i in range(start, min(len(dataset), start + batch_size))])
         if batch["task"] is not None:
+            batch["video"] = batch["video"].to(device, non_blocking=True)
             yield batch
 
 
@@ -89,37 +110,35 @@ def _mask_iou(pred: Tensor, target: Tensor) -> float:
 
 @torch.inference_mode()
 def evaluate(
-    module: StreamFormerPretraining, root: str | Path, num_frames: int, image_size: int, batch_size: int = 16
+    module: StreamFormerPretraining, datasets: dict[str, TaskDataset], batch_size: int = 16
 ) -> dict[str, dict[str, float]]:
-    """{metric: {"value", "chance"}} on the val split of the world at `root`.
+    """{metric: {"value", "chance"}} of `module` (on its device) on `datasets` (`held_out_datasets`).
 
     Masks are scored where a pixel's score is positive, which only the sigmoid segmentation loss
     trains: the softmax loss ignores background pixels and gives no score for them, so a
     softmax-trained model's VIS and RVOS are skipped (with a warning), not scored meaninglessly."""
     module.eval()
-    tasks = tuple(module.task_logits.keys())
-    if module.hparams.segmentation_loss == "softmax" and {"vis", "rvos"} & set(tasks):
+    if module.hparams.segmentation_loss == "softmax" and {"vis", "rvos"} & set(datasets):
         warnings.warn("softmax-trained masks have no background score: VIS and RVOS mIoU are skipped", stacklevel=2)
-        tasks = tuple(task for task in tasks if task not in ("vis", "rvos"))
-    datasets = synthetic_task_datasets(root, "val", ClipOptions(num_frames, image_size, train=False, cache_videos=True), tasks)
+        datasets = {task: d for task, d in datasets.items() if task not in ("vis", "rvos")}
     random = torch.Generator().manual_seed(0)
     results: dict[str, dict[str, float]] = {}
-    vision = module.model.timesformer
+    vision, device = module.model.timesformer, module.device
 
     if "ar" in datasets:
         classes = module.class_embeddings("ar")
         correct = total = 0
-        for batch in _batches(datasets["ar"], batch_size):
+        for batch in _batches(datasets["ar"], batch_size, device):
             scores = F.normalize(vision(batch["video"]).global_output, dim=-1) @ classes.t()
-            correct += (scores.argmax(-1) == batch["label"]).sum().item()
+            correct += (scores.argmax(-1).cpu() == batch["label"]).sum().item()
             total += len(batch["label"])
         results["AR top-1"] = {"value": correct / total, "chance": 1 / classes.shape[0]}
 
     if "retrieval" in datasets:
         videos, texts = [], []
-        for batch in _batches(datasets["retrieval"], batch_size):
-            videos.append(F.normalize(vision(batch["video"]).global_output, dim=-1))
-            texts.append(F.normalize(module.embed_texts(batch["caption"]), dim=-1))
+        for batch in _batches(datasets["retrieval"], batch_size, device):
+            videos.append(F.normalize(vision(batch["video"]).global_output, dim=-1).float().cpu())
+            texts.append(F.normalize(module.embed_texts(batch["caption"]), dim=-1).float().cpu())
         sim = torch.cat(videos) @ torch.cat(texts).t()
         target = torch.arange(len(sim))
         results["retrieval R@1 video->text"] = {"value": (sim.argmax(1) == target).float().mean().item(), "chance": 1 / len(sim)}
@@ -128,8 +147,8 @@ def evaluate(
     if "localization" in datasets:
         classes, logits = module.class_embeddings("localization"), module.task_logits["localization"]
         scores, labels = [], []
-        for batch in _batches(datasets["localization"], batch_size):
-            scores.append(logits(vision(batch["video"]).pooler_output, classes, "btd,cd->btc").flatten(0, 1))
+        for batch in _batches(datasets["localization"], batch_size, device):
+            scores.append(logits(vision(batch["video"]).pooler_output, classes, "btd,cd->btc").flatten(0, 1).float().cpu())
             labels.append(batch["frame_labels"].flatten())
         scores, labels = torch.cat(scores), torch.cat(labels)
         aps, prevalence = [], []
@@ -142,8 +161,10 @@ def evaluate(
 
     if "grounding" in datasets:
         logits, ious, chance, truths = module.task_logits["grounding"], [], [], []
-        for batch in _batches(datasets["grounding"], batch_size):
-            scores = logits(vision(batch["video"]).pooler_output, module.embed_texts(batch["caption"]), "btd,bd->bt")
+        for batch in _batches(datasets["grounding"], batch_size, device):
+            scores = (
+                logits(vision(batch["video"]).pooler_output, module.embed_texts(batch["caption"]), "btd,bd->bt").float().cpu()
+            )
             for row, truth in zip(scores, batch["frame_labels"].bool(), strict=True):
                 t = len(row)
                 truths.append(_first_to_last(truth) or (0, 0))
@@ -159,9 +180,9 @@ def evaluate(
     if "vis" in datasets:
         classes, logits = module.class_embeddings("vis"), module.task_logits["vis"]
         counts = torch.zeros(2, 2, classes.shape[0])  # [model | random guess, intersection | union, class]
-        for batch in _batches(datasets["vis"], batch_size):
+        for batch in _batches(datasets["vis"], batch_size, device):
             grid = module.mask_embeddings(vision(batch["video"]).last_hidden_state, batch["video"])
-            scores = mask_scores(logits, grid, classes, batch["mask"].shape[-1])[:, :, 1:]
+            scores = mask_scores(logits, grid, classes, batch["mask"].shape[-1])[:, :, 1:].float().cpu()
             best, index = scores.max(dim=2)
             pred = torch.where(best > 0, index + 1, torch.zeros_like(index))  # no positive score: background
             guess = torch.randint(0, classes.shape[0], pred.shape, generator=random)
@@ -176,10 +197,10 @@ def evaluate(
 
     if "rvos" in datasets:
         logits, ious, chance = module.task_logits["rvos"], [], []
-        for batch in _batches(datasets["rvos"], batch_size):
+        for batch in _batches(datasets["rvos"], batch_size, device):
             grid = module.mask_embeddings(vision(batch["video"]).last_hidden_state, batch["video"])
             own = module.embed_texts(batch["caption"])[:, None]
-            scores = mask_scores(logits, grid, own, batch["mask"].shape[-1])[:, :, 0]
+            scores = mask_scores(logits, grid, own, batch["mask"].shape[-1])[:, :, 0].float().cpu()
             for pred, truth in zip(scores > 0, batch["mask"].bool(), strict=True):
                 ious.append(_mask_iou(pred, truth))
                 chance.append(_mask_iou(torch.rand(truth.shape, generator=random) < 0.5, truth))

@@ -1,4 +1,4 @@
-"""The six task losses of multitask pretraining (reference/streamformer.md section 6).
+"""The six task losses of multitask pretraining, as the original defines them.
 
 Every loss compares L2-normalised video and text embeddings through
 `logits = cos * exp(logit_scale) + logit_bias`, with a scale/bias pair per task, and SigLIP's
@@ -129,19 +129,40 @@ def localization_loss(logits: TaskLogits, frames: Tensor, classes: Tensor, frame
     return per_sample.mean()
 
 
-def balanced_sigmoid_loss(scores: Tensor, positive: Tensor, confusable: Tensor | None = None) -> Tensor:
+def balanced_sigmoid_loss(scores: Tensor, positive: Tensor) -> Tensor:
     """Per-pixel sigmoid loss with the positives and the negatives weighted equally per sample.
 
     Objects cover a few percent of a frame; an unweighted mean is minimised by calling every
     pixel background, which is what an unweighted loss learned on the synthetic world.
-    `confusable` (boolean like `scores`, within the negatives) marks negatives that get a third,
-    equal share of their own: VIS's other-class scores on object pixels, which would otherwise be
-    a few percent of the negatives, so that a circle called a square would cost almost nothing.
     """
     per_pixel = sigmoid_terms(scores, positive)
     dims = tuple(range(1, scores.ndim))
-    groups = [positive, ~positive] if confusable is None else [positive, ~positive & confusable, ~positive & ~confusable]
-    means = [(per_pixel * g).sum(dims) / g.sum(dims).clamp(min=1) for g in groups]
+    means = [(per_pixel * g).sum(dims) / g.sum(dims).clamp(min=1) for g in (positive, ~positive)]
+    return (sum(means) / len(means)).mean()
+
+
+def vis_sigmoid_loss(scores: Tensor, mask: Tensor) -> Tensor:
+    """VIS's balanced sigmoid loss of class scores [B, T, C, S, S] (class 0 = background, never
+    scored) against class ids `mask` [B, T, S, S]. Per sample, three groups of terms weigh a third
+    each: the positives (each object pixel's own class), the other classes on object pixels, and
+    every class on background pixels. Without the second group's share, the other classes on an
+    object would be a few percent of the negatives, and a circle called a square would cost
+    almost nothing (see `balanced_sigmoid_loss` for why positives and negatives weigh equally).
+
+    No one-hot of the mask: as int64 [B, T, C, S, S] it would take 10 GB at 16 clips of 16 frames
+    of 224 px and 100 classes. A pixel's negatives are instead every real class as a negative,
+    less its own class's term, which is gathered per pixel.
+    """
+    on_object = mask > 0
+    dims = (1, 2, 3)
+    every_class = -F.logsigmoid(-scores[:, :, 1:]).sum(2)  # [B, T, S, S]: each real class as a negative
+    own = scores.gather(2, mask.unsqueeze(2)).squeeze(2)  # the pixel's class (background's at background pixels: unused)
+    positives = torch.where(on_object, -F.logsigmoid(own), 0.0).sum(dims)
+    others = torch.where(on_object, every_class + F.logsigmoid(-own), 0.0).sum(dims)
+    background = torch.where(on_object, 0.0, every_class).sum(dims)
+    objects, pixels, classes = on_object.sum(dims), mask[0].numel(), scores.shape[2] - 1
+    counts = (objects, objects * (classes - 1), (pixels - objects) * classes)
+    means = [total / count.clamp(min=1) for total, count in zip((positives, others, background), counts, strict=True)]
     return (sum(means) / len(means)).mean()
 
 
@@ -247,14 +268,13 @@ def vis_loss(logits: TaskLogits, grid: Tensor, classes: Tensor, mask: Tensor, mo
     softmax (original): cross-entropy over the C classes at every pixel, background pixels ignored.
     sigmoid (paper): every pixel is a positive for its class and a negative for the others;
     background pixels are negatives for every real class. Per sample, the positives, the other
-    classes' scores on object pixels and the background pixels weigh a third each.
+    classes' scores on object pixels and the background pixels weigh a third each
+    (`vis_sigmoid_loss`).
     """
     scores = mask_scores(logits, grid, classes, mask.shape[-1])  # [B, T, C, S, S]
     if mode == "softmax":
         return masked_cross_entropy(scores, torch.where(mask > 0, mask, torch.full_like(mask, -1)))
-    positive = F.one_hot(mask, classes.shape[0]).permute(0, 1, 4, 2, 3).bool()[:, :, 1:]
-    on_object = (mask > 0).unsqueeze(2).expand_as(positive)
-    return balanced_sigmoid_loss(scores[:, :, 1:], positive, on_object)
+    return vis_sigmoid_loss(scores, mask)
 
 
 def rvos_loss(
@@ -265,7 +285,7 @@ def rvos_loss(
     object.
 
     softmax (original): at foreground pixels, cross-entropy over all expressions (background
-    ignored), averaged per sample as the reference states (a mean over the batch's pixels would
+    ignored), averaged per sample as the original does (a mean over the batch's pixels would
     let large objects outweigh small ones).
     sigmoid (paper): the own expression's score is positive on the object and negative elsewhere
     (positives and negatives weighted equally).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -15,18 +16,7 @@ from torch import Tensor, nn
 
 from streamformer import StreamFormerConfig, StreamFormerModel
 
-from .data import (
-    TASKS,
-    ClipOptions,
-    MultiTaskDataset,
-    ResumableDataLoader,
-    TaskBalancedBatchSampler,
-    collate,
-    derive_seed,
-    small_task_repeats,
-    synthetic_task_datasets,
-    task_readers,
-)
+from .data import TASKS, MultiTaskDataset, collate, synthetic_task_datasets, task_readers
 from .heads import (
     DenseProjection,
     PixelDecoder,
@@ -42,6 +32,8 @@ from .heads import (
     rvos_loss,
     vis_loss,
 )
+from .readers import ClipOptions
+from .sampling import ResumableDataLoader, TaskBalancedBatchSampler, derive_seed, small_task_repeats
 from .text import CLASS_TEMPLATES, SEGMENTATION_TEMPLATES, warm_up_text_tower, word_tokenizer
 
 TemporalMode = Literal["causal", "bidirectional", "none"]
@@ -55,14 +47,14 @@ class MultiTaskDataModule(L.LightningDataModule):
         tasks: the tasks the model has heads for.
         train_tasks: the tasks batches are drawn from (default: all of `tasks`), for task ablations.
         task_files: for real data sets instead of `root`: per task, the arguments of its reader in
-            `streamformer_pretrain.data` (e.g. `ar: {csv_path, prefix, label2id}`), or a list of
+            `streamformer_pretrain.readers` (e.g. `ar: {csv_path, prefix, label2id}`), or a list of
             them to read several data sets as one task; `reader: <class name>` picks another
             reader of the task (e.g. `CocoPseudoVisDataset`).
         tokenizer: a tokenizer directory (SigLIP's for real data); default: a word-level tokenizer
             built from the data's texts.
         num_frames, image_size: clip shape fed to the model.
         batch_size: per device.
-        augment: the original's training transforms (reference section 7): RandAugment and a
+        augment: the original's training transforms: RandAugment and a
             random-resized crop for AR, short-side resize and a random crop for the others, drawn
             around the masks for VIS and RVOS. Off (the synthetic world): frames resized to a square.
         hflip: paired horizontal flips at train time in the tasks the original flips (AR,
@@ -72,7 +64,10 @@ class MultiTaskDataModule(L.LightningDataModule):
             synthetic world; it halves a tiny model's step time there).
         replicate_small_tasks: the original's `balance_sample_num`: a task with fewer than half
             the largest task's samples recurs largest // size times per epoch
-            (`data.small_task_repeats`).
+            (`sampling.small_task_repeats`).
+        max_skip_rate: stop when more than this fraction of the samples a data set's reader tried
+            were broken (missing or undecodable files, unusable annotations), checked once it has
+            tried `readers.SKIP_RATE_MIN_TRIED`; below it, broken samples are skipped and counted.
     """
 
     def __init__(
@@ -91,12 +86,21 @@ class MultiTaskDataModule(L.LightningDataModule):
         hflip: bool = False,
         cache_videos: bool = False,
         replicate_small_tasks: bool = False,
+        max_skip_rate: float = 0.05,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.tasks = tuple(tasks)
         self.root = Path(root) if root else None
-        options = ClipOptions(num_frames, image_size, train=True, augment=augment, hflip=hflip, cache_videos=cache_videos)
+        options = ClipOptions(
+            num_frames,
+            image_size,
+            train=True,
+            augment=augment,
+            hflip=hflip,
+            cache_videos=cache_videos,
+            max_skip_rate=max_skip_rate,
+        )
         if task_files:
             self.train_sets = {task: task_readers(task, task_files[task], options) for task in self.tasks}
         elif self.root is not None:
@@ -157,6 +161,9 @@ class StreamFormerPretraining(L.LightningModule):
             data's texts before training (`text.warm_up_text_tower`); 0 for a SigLIP text tower.
         temporal: "causal" (StreamFormer), "bidirectional" or "none" (gates fixed at 0), for ablations.
         lr, weight_decay, betas, warmup_ratio, min_lr: AdamW and a per-step cosine schedule.
+        max_nonfinite_steps: a batch whose loss is non-finite on any rank is skipped by every rank
+            (counted in `train/nonfinite_steps`, with a warning from the rank that had it); one
+            more than this many in a row stops the run with FloatingPointError on every rank.
     """
 
     def __init__(
@@ -173,6 +180,7 @@ class StreamFormerPretraining(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_ratio: float = 0.0,
         min_lr: float = 0.0,
+        max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -181,7 +189,8 @@ class StreamFormerPretraining(L.LightningModule):
         self.dense: DenseProjection | None = None
         self.pixel_decoder: PixelDecoder | None = None
         self.class_texts: dict[str, dict[str, list[list[str]]]] = {}  # task -> data set -> class -> prompts
-        self._step_has_data = False  # whether a batch of the coming optimizer step had samples
+        self._step_has_data = False  # whether a batch of the coming optimizer step had samples and a loss
+        self._nonfinite_in_a_row = 0  # batches skipped for a non-finite loss since the last finite one
 
     # -- model ----------------------------------------------------------------------------------
 
@@ -335,18 +344,47 @@ class StreamFormerPretraining(L.LightningModule):
         # samples all ranks take a zero loss, and `on_before_optimizer_step` drops the gradients.
         if not self.trainer.strategy.reduce_boolean_decision(batch["task"] is not None, all=True):
             self.log("data/empty_batches", 1.0, reduce_fx="sum", on_step=True, batch_size=1)
-            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            return self._zero_loss()
         loss = self.task_loss(batch, seed=derive_seed(self.current_epoch, batch_idx))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite {batch['task']} loss at step {self.global_step}")
+        # The same for a non-finite loss on any rank: a rank that raised alone would leave the
+        # others waiting in the gradient all-reduce until the process group's timeout.
+        finite = bool(torch.isfinite(loss))
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return self._skip_nonfinite(batch["task"], finite)
+        self._nonfinite_in_a_row = 0
         self.log(f"train/{batch['task']}", loss, on_step=True, batch_size=len(batch["video"]))
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=len(batch["video"]))
         self._step_has_data = True
         return loss
 
+    def _zero_loss(self) -> Tensor:
+        """Zero times every trainable parameter: its backward reaches them all, so DDP's gradient
+        all-reduce runs as in any step."""
+        return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+
+    def _skip_nonfinite(self, task: str, finite_here: bool) -> Tensor:
+        """The zero loss for a batch whose loss was non-finite on some rank (every rank calls
+        this at the same batch, so the count and the limit agree across ranks)."""
+        self._nonfinite_in_a_row += 1
+        self.log("train/nonfinite_steps", 1.0, reduce_fx="sum", on_step=True, batch_size=1)
+        if self._nonfinite_in_a_row > self.hparams.max_nonfinite_steps:
+            raise FloatingPointError(
+                f"non-finite loss in {self._nonfinite_in_a_row} batches in a row (max_nonfinite_steps="
+                f"{self.hparams.max_nonfinite_steps}), the last at step {self.global_step} ({task} on this rank)"
+            )
+        if not finite_here:
+            warnings.warn(
+                f"non-finite {task} loss at step {self.global_step} on rank {self.global_rank}: every rank skips this batch",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return self._zero_loss()
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """No gradient at all when every batch of this step was empty: AdamW then leaves the
-        weights and its moments alone, where a zero gradient would still move them."""
+        """No gradient at all when every batch of this step was empty or skipped: AdamW then
+        leaves the weights and its moments alone, where a zero gradient would still move them.
+        A finite loss whose fp16 gradients overflowed keeps them: the GradScaler has already
+        found the inf (it unscales before this hook), skips the step and lowers its scale."""
         if not self._step_has_data:
             optimizer.zero_grad(set_to_none=True)
         self._step_has_data = False

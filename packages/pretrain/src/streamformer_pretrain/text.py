@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from streamformer.synthetic import words
 
-# Action-recognition / localization class templates: 4 openings x 7 endings (reference 7.1).
+# Action-recognition / localization class templates: 4 openings x 7 endings, as the original.
 _OPENINGS = ("a photo of", "a video of", "a example of", "a demonstration of")
 _ENDINGS = ("{}.", "a person {}.", "a person using {}.", "a person doing {}.", "a person during {}.",
             "a person performing {}.", "a person practicing {}.")  # fmt: skip

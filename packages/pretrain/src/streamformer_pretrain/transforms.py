@@ -1,4 +1,4 @@
-"""The original pretraining's training transforms (reference/streamformer.md section 7), per clip.
+"""The original pretraining's training transforms, per clip.
 
 Every random choice (crop window, augmentation ops and magnitudes) is drawn once per clip from the
 sample's generator, so all frames of a clip, and their masks, get the same geometry. Frames are
