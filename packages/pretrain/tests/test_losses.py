@@ -264,3 +264,26 @@ def test_vis_sigmoid_loss_peaks_well_below_the_dense_version():
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         new, dense = pool.submit(_peak_growth, (2, 4, 100, 128, 128)).result()
     assert new < 0.75 * dense, (new, dense)
+
+
+def test_dense_projection_is_the_pooling_head_on_one_token():
+    """Each patch's embedding is what the head pools from a frame of that one patch; checkpoints
+    with the layers' former names (w_v, v_proj) still load."""
+    from transformers import SiglipVisionConfig
+    from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+
+    from streamformer_pretrain.heads import DenseProjection
+
+    torch.manual_seed(0)
+    config = SiglipVisionConfig(hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    head = SiglipMultiheadAttentionPoolingHead(config)
+    dense = DenseProjection(head)
+    tokens = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        alone = torch.stack([head(tokens[:, i : i + 1]) for i in range(5)], dim=1)
+        torch.testing.assert_close(dense(tokens), alone, atol=1e-5, rtol=0)
+    former = {k.replace("value_proj.", "w_v.").replace("out_proj.", "v_proj."): v for k, v in dense.state_dict().items()}
+    assert "w_v.weight" in former and "v_proj.bias" in former
+    fresh = DenseProjection(SiglipMultiheadAttentionPoolingHead(config))
+    fresh.load_state_dict(former)
+    torch.testing.assert_close(fresh.state_dict(), dense.state_dict())

@@ -52,20 +52,30 @@ class DenseProjection(nn.Module):
     one token: value projection -> output projection -> y + MLP(LayerNorm(y)). Initialised as a
     copy of the backbone head; trained on its own (the original meant to freeze the copy but did not)."""
 
+    # Names these layers had in checkpoints written before they were named for what they hold.
+    _FORMER_NAMES = {"w_v.": "value_proj.", "v_proj.": "out_proj."}
+
     def __init__(self, head: SiglipMultiheadAttentionPoolingHead) -> None:
         super().__init__()
         dim = head.probe.shape[-1]
-        self.w_v = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
+        self.value_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
         with torch.no_grad():
-            self.w_v.weight.copy_(head.attention.in_proj_weight[2 * dim :])
-            self.w_v.bias.copy_(head.attention.in_proj_bias[2 * dim :])
-            self.v_proj.load_state_dict(head.attention.out_proj.state_dict())
+            self.value_proj.weight.copy_(head.attention.in_proj_weight[2 * dim :])
+            self.value_proj.bias.copy_(head.attention.in_proj_bias[2 * dim :])
+            self.out_proj.load_state_dict(head.attention.out_proj.state_dict())
         self.head_layernorm = copy.deepcopy(head.layernorm)
         self.head_mlp = copy.deepcopy(head.mlp)
+        self._register_load_state_dict_pre_hook(self._rename_former_keys)
+
+    def _rename_former_keys(self, state_dict: dict[str, Tensor], prefix: str, *args) -> None:
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            for former, name in self._FORMER_NAMES.items():
+                if key.startswith(prefix + former):
+                    state_dict[prefix + name + key[len(prefix + former) :]] = state_dict.pop(key)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        y = self.v_proj(self.w_v(tokens))
+        y = self.out_proj(self.value_proj(tokens))
         return y + self.head_mlp(self.head_layernorm(y))
 
 
