@@ -75,11 +75,27 @@ def test_encode_clip_and_stream_agree(model_dir, tmp_path):
 
 
 def test_stream_prints_frames_and_plots(model_dir, tmp_path, capsys):
+    import matplotlib.image
+
+    from streamformer.cli import stream
+    from streamformer.video import load_clip
+
     video = counter_video(tmp_path / "v.mp4", num_frames=12, fps=10)
     main(["stream", str(video), str(model_dir), "--max_frames", "4", "--plot", str(tmp_path / "s.png")])
     out = capsys.readouterr().out
     assert out.count("ms/frame") == 12 and "12 frames" in out
-    assert (tmp_path / "s.png").stat().st_size > 10_000
+    image = matplotlib.image.imread(tmp_path / "s.png")
+    assert image.shape == (700, 800, 4) and image[..., :3].std() > 0.05  # 8 x 7 in at 100 dpi, drawn on
+    # The reported norms and cosines are those of the offline forward's features, frame by frame.
+    records = stream(str(video), str(model_dir), max_frames=4, plot=None, device="cpu")
+    with torch.no_grad():
+        model = StreamFormerVisionModel.from_pretrained(model_dir).eval()
+        features = model(load_clip(video, num_frames=12, size=32)[None], max_frames=4).pooler_output[0]
+    assert [r["frame"] for r in records] == list(range(12))
+    assert [r["time_s"] for r in records] == pytest.approx([i / 10 for i in range(12)])
+    assert [r["norm"] for r in records] == pytest.approx(features.norm(dim=1).tolist(), abs=1e-4)
+    cosines = [1.0, *torch.cosine_similarity(features[1:], features[:-1], dim=1).tolist()]
+    assert [r["cos_prev"] for r in records] == pytest.approx(cosines, abs=1e-5)
 
 
 def test_bad_arguments_are_clear_errors(model_dir, tmp_path, capsys):

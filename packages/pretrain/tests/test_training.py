@@ -61,7 +61,7 @@ def make(world, tmp_path, *callbacks, trainer_args=None, **model_args):
 def test_fit_trains_every_task_and_exports(world, tmp_path):
     from streamformer import StreamFormerVisionModel
     from streamformer_pretrain.cli import export
-    from streamformer_pretrain.evaluate import evaluate, format_table, held_out_datasets
+    from streamformer_pretrain.evaluate import best_fixed_interval, evaluate, format_table, held_out_datasets
 
     recorder = Recorder()
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
@@ -76,12 +76,22 @@ def test_fit_trains_every_task_and_exports(world, tmp_path):
     export(str(tmp_path / "ckpt" / "last.ckpt"), str(tmp_path / "backbone"))
     backbone = StreamFormerVisionModel.from_pretrained(tmp_path / "backbone")
     torch.testing.assert_close(backbone.state_dict(), module.model.timesformer.state_dict())
+    held_out = held_out_datasets(ClipOptions(4, 32, train=False), data.tasks, root=world.root)
     with pytest.warns(UserWarning, match="softmax-trained masks"):
-        results = evaluate(module, held_out_datasets(ClipOptions(4, 32, train=False), data.tasks, root=world.root))
+        results = evaluate(module, held_out)
     assert list(results) == ["AR top-1", "grounding mIoU"]  # no mask metric without a background score
-    assert all(0 <= r["value"] <= 1 and 0 < r["chance"] < 1 for r in results.values())
+    # AR: chance is one over the classes, and top-1 counts whole clips.
+    ar = held_out["ar"]
+    assert results["AR top-1"]["chance"] == 1 / len(ar.vocabularies[DATASET])
+    assert (results["AR top-1"]["value"] * len(ar)) == pytest.approx(round(results["AR top-1"]["value"] * len(ar)))
+    # Grounding's blind bound is the best single span against the clips' own moments.
+    moments = []
+    for i in range(len(held_out["grounding"])):
+        on = held_out["grounding"].get(i, seed=i)["frame_labels"].nonzero().flatten()
+        moments.append((int(on.min()), int(on.max()) + 1))
     blind = results["grounding mIoU"]["blind"]
-    assert 0 < blind <= 1 and f"scores {blind:.3f} mIoU" in format_table(results)
+    assert blind == pytest.approx(best_fixed_interval(moments, 4)[1])
+    assert f"scores {blind:.3f} mIoU" in format_table(results)
 
 
 def test_evaluate_reads_held_out_data_by_path_as_it_reads_the_world(world):
