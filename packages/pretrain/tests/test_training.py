@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from streamformer.synthetic import DATASET
 from streamformer_pretrain import MultiTaskDataModule, StreamFormerPretraining
 from streamformer_pretrain.data import MultiTaskDataset
-from streamformer_pretrain.readers import ClipOptions
+from streamformer_pretrain.readers import ClipOptions, SkipRateExceeded
 
 TINY = dict(
     image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -305,7 +305,17 @@ def _nonfinite_worker(rank: int, port: int, results) -> None:
         stopped = None
     except FloatingPointError as error:
         stopped = str(error)
-    results[rank] = (module.after, warned, "train/nonfinite_steps" in trainer.callback_metrics, stopped)
+    # A data set past its skip rate on rank 0 (its reader's error travels in the batch).
+    batches = toy_batches(rank, 4)
+    if rank == 0:
+        batches[2] = {"skipped": 0, "task": None, "error": "Synthetic: 11 of the 200 samples tried were broken"}
+    toy = Toy()
+    try:
+        fit_ddp(toy, batches)
+        broken = None
+    except SkipRateExceeded as error:
+        broken = (str(error), len(toy.after))
+    results[rank] = (module.after, warned, "train/nonfinite_steps" in trainer.callback_metrics, stopped, broken)
 
 
 def test_a_nonfinite_loss_on_one_rank_is_skipped_by_every_rank():
@@ -327,7 +337,7 @@ def test_a_nonfinite_loss_on_one_rank_is_skipped_by_every_rank():
     reference = Toy()
     fit_toy(reference, together)
     for rank in (0, 1):
-        after, warned, counted, stopped = results[rank]
+        after, warned, counted, stopped, broken = results[rank]
         assert torch.equal(after[1], after[0]) and torch.equal(after[3], after[2])  # skipped by every rank
         assert not torch.equal(after[2], after[1]) and not torch.equal(after[4], after[3])
         torch.testing.assert_close(after[-1], reference.after[-1])
@@ -335,6 +345,8 @@ def test_a_nonfinite_loss_on_one_rank_is_skipped_by_every_rank():
         assert warned == [f"non-finite ar loss at step {step} on rank {rank}: every rank skips this batch"]
         assert counted
         assert stopped is not None and "2 batches in a row (max_nonfinite_steps=1)" in stopped
+        message, trained = broken  # both ranks stop at batch 2, having trained on batches 0 and 1
+        assert trained == 2 and ("11 of the 200" in message if rank == 0 else "on another rank" in message)
 
 
 def test_an_fp16_gradient_overflow_is_left_to_the_grad_scaler():

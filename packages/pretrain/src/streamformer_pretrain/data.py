@@ -53,7 +53,11 @@ class MultiTaskDataset(Dataset):
 
 
 def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """Stack one task's items; broken ones (None) are dropped and counted in `skipped`."""
+    """Stack one task's items; broken ones (None) are dropped and counted in `skipped`. A data set
+    past its skip rate (an item with an "error") makes the batch {"error": reason} alone."""
+    stop = next((item["error"] for item in items if item is not None and "error" in item), None)
+    if stop is not None:
+        return {"skipped": 0, "task": None, "error": stop}
     kept = [item for item in items if item is not None]
     batch: dict[str, Any] = {"skipped": len(items) - len(kept), "task": kept[0]["task"] if kept else None}
     for key in kept[0] if kept else ():

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .data import collate, synthetic_task_datasets, task_readers
 from .heads import mask_scores
 from .module import StreamFormerPretraining
-from .readers import ClipOptions, TaskDataset
+from .readers import ClipOptions, SkipRateExceeded, TaskDataset
 
 
 def held_out_datasets(
@@ -50,6 +50,8 @@ def _batches(dataset, batch_size: int, device: torch.device):
     metrics are counted)."""
     for start in tqdm(range(0, len(dataset), batch_size), desc=f"evaluate {dataset.task}", unit="batch", disable=None):
         batch = collate([dataset.get(i, seed=i) for i in range(start, min(len(dataset), start + batch_size))])
+        if "error" in batch:
+            raise SkipRateExceeded(batch["error"])
         if batch["task"] is not None:
             batch["video"] = batch["video"].to(device, non_blocking=True)
             yield batch

@@ -32,7 +32,7 @@ from .heads import (
     rvos_loss,
     vis_loss,
 )
-from .readers import ClipOptions
+from .readers import ClipOptions, SkipRateExceeded
 from .sampling import ResumableDataLoader, TaskBalancedBatchSampler, derive_seed, small_task_repeats
 from .text import CLASS_TEMPLATES, SEGMENTATION_TEMPLATES, warm_up_text_tower, word_tokenizer
 
@@ -337,6 +337,9 @@ class StreamFormerPretraining(L.LightningModule):
         return total / len(datasets)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        # A data set past its skip rate stops every rank at this step, not only the one that read it.
+        if not self.trainer.strategy.reduce_boolean_decision("error" not in batch, all=True):
+            raise SkipRateExceeded(batch.get("error", "a data set passed its max_skip_rate on another rank (see its log)"))
         if batch["skipped"]:
             self.log("data/skipped", float(batch["skipped"]), reduce_fx="sum", on_step=True)
         # A batch whose every sample was broken (each named in the log) contributes nothing. Every

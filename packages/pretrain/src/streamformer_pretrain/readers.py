@@ -120,6 +120,11 @@ def _root_for(roots: str | Path | dict[str, str], dataset: str) -> Path:
     return Path(roots[dataset]) if isinstance(roots, dict) else Path(roots)
 
 
+class SkipRateExceeded(RuntimeError):
+    """More than `ClipOptions.max_skip_rate` of a data set's samples were broken: a config or data
+    problem to fix, not broken files to skip."""
+
+
 class TaskDataset(Dataset):
     """Base: `samples` from an annotation file; `load(sample, generator)` builds one training item.
 
@@ -193,7 +198,10 @@ class TaskDataset(Dataset):
 
     def get(self, index: int, seed: int) -> dict[str, Any] | None:
         """The item, or None (logged with the reason and counted) when its file or annotation is
-        broken. Raises once more than `max_skip_rate` of the samples tried were broken."""
+        broken. Once more than `max_skip_rate` of the samples tried were broken: {"task", "error"},
+        the reason to stop. It is returned, not raised, so that it travels in the batch and every
+        DDP rank stops at the same step (`collate`, `StreamFormerPretraining.training_step`); a
+        rank that raised alone in its loader would leave the others waiting in a collective."""
         generator = torch.Generator().manual_seed(seed)
         self.tried += 1
         try:
@@ -202,10 +210,10 @@ class TaskDataset(Dataset):
             self.skipped += 1
             logger.warning("skipping %s sample %s: %s", self.task, self.name(index), error)
             if self.tried >= SKIP_RATE_MIN_TRIED and self.skipped > self.options.max_skip_rate * self.tried:
-                raise RuntimeError(
+                return {"task": self.task, "error": (
                     f"{self.source}: {self.skipped} of the {self.tried} samples tried were broken, more than"
                     f" max_skip_rate={self.options.max_skip_rate} (the last, {self.name(index)}: {error})"
-                ) from error
+                )}  # fmt: skip
             return None
         item["task"] = self.task
         if self.options.train and self.options.hflip and self.flips and torch.rand((), generator=generator) < 0.5:
