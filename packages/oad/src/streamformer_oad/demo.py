@@ -265,7 +265,7 @@ right class, and how often its time-reversed partner (which single frames cannot
 
 {table}
 
-- `streamformer_stream`: one causal pass per video through the KV cache (unbounded), one feature
+- `streamformer_stream`: one causal pass per video through the KV cache (under the 256-frame default window, which holds a whole synthetic video), one feature
   per 6 frames at 24 fps.
 - `streamformer_chunks`: the original protocol, each 6-frame chunk at 24 fps an independent clip.
 - `streamformer_stream_no_temporal`: the stream with every temporal gate forced to 0, i.e. the
