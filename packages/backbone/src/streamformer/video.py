@@ -116,11 +116,11 @@ def _decord_misreads(width: int) -> bool:
 
 
 def _read_frames_pyav(path: str, indices: Sequence[int]) -> np.ndarray:
-    pass_ = _ForwardPyAV(path)
+    decoder = _ForwardPyAV(path)
     try:
-        return np.stack([pass_.frame(i) for i in indices])
+        return np.stack([decoder.frame(i) for i in indices])
     finally:
-        pass_.close()
+        decoder.close()
 
 
 class _ForwardPyAV:
