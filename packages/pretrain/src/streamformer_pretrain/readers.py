@@ -6,7 +6,8 @@ once, naming the reader, its data set and annotation file (`TaskDataset.source`)
 
 Per sample, `TaskDataset.get` returns `None` (logged by name and counted) when that sample's file
 or annotation is broken (`SAMPLE_ERRORS`); past `ClipOptions.max_skip_rate` of the samples tried
-it stops the run, naming the reader. Any other error stops the run at once.
+it returns the reason to stop, which the training step raises as `SkipRateExceeded` on every rank.
+Any other error stops the run at once.
 """
 
 from __future__ import annotations
