@@ -1,0 +1,107 @@
+"""Training the connector and the LM, one LightningModule for every stage.
+
+Stages, as LLaVA-NeXT trains them (the tower is frozen in all of them):
+
+* "projector" (stage 1): only the projector learns, on captions with the `plain` prompt
+  (paper recipe: lr 1e-3);
+* "full" (stages 2 and 3): projector and the whole LM, on instructions with the chat template
+  (lr 2e-5);
+* "lora": projector and LoRA adapters on every linear layer of the LM (through peft), the LM's
+  own weights frozen.
+
+AdamW (no weight decay in the recipe), learning rate warmed up linearly over `warmup_ratio` of the
+steps, then cosine to 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from .model import StreamFormerForVideoQA
+
+Stage = Literal["projector", "full", "lora"]
+STAGES = ("projector", "full", "lora")
+
+
+class VideoQATraining(L.LightningModule):
+    """One training stage of a `StreamFormerForVideoQA`.
+
+    Args:
+        model: a `StreamFormerForVideoQA` folder (`save_pretrained`: from `from_parts` or an
+            earlier stage).
+        stage: "projector", "full" or "lora" (see the module doc).
+        lr, weight_decay, warmup_ratio: AdamW and the warm-up share of a cosine schedule.
+        lora_rank, lora_alpha: the adapters of the "lora" stage.
+        gradient_checkpointing: recompute the LM's activations in backward (real sizes).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        stage: Stage = "projector",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.03,
+        lora_rank: int = 16,
+        lora_alpha: float = 32.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.save_hyperparameters()
+        self.model = StreamFormerForVideoQA.from_pretrained(model)
+        self.model.language_model.requires_grad_(stage == "full")
+        if stage == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            adapters = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules="all-linear")
+            self.model.language_model = get_peft_model(self.model.language_model, adapters)
+        if gradient_checkpointing:
+            self.model.language_model.gradient_checkpointing_enable()
+
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        return self.model(
+            batch["input_ids"], batch.get("pixel_values"), attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if batch["skipped"]:
+            self.log("data/skipped", float(batch["skipped"]), reduce_fx="sum", on_step=True, batch_size=1)
+        loss = self(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log("val/loss", self(batch), on_epoch=True, batch_size=len(batch["input_ids"]), sync_dist=True)
+
+    def configure_optimizers(self):
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = math.ceil(self.hparams.warmup_ratio * total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def export(self, folder: str | Path) -> None:
+        """The trained model as one folder for `StreamFormerForVideoQA.from_pretrained` (LoRA merged)."""
+        language_model = self.model.language_model
+        if self.hparams.stage == "lora":  # merged in a copy: the adapters keep training apart
+            self.model.language_model = copy.deepcopy(language_model).merge_and_unload()
+        try:
+            self.model.save_pretrained(folder)
+        finally:
+            self.model.language_model = language_model
