@@ -78,8 +78,10 @@ def test_dataset_expands_the_placeholder_and_skips_what_it_cannot_use(video_toke
         {"id": "ok", "video": "v.mp4", "conversations": conversation("<video> what is the person doing", "a man walks left")},
         {"id": "gone", "video": "missing.mp4", "conversations": conversation("<video> what", "red")},
         {"id": "long", "video": "v.mp4", "conversations": conversation("<video> " + "what " * 40, "red")},
-        {"id": "text", "conversations": conversation("what is the ball", "red")},
     ]
+    (tmp_path / "items.json").write_text(json.dumps([*items, {"id": "text", "conversations": conversation("what", "red")}]))
+    with pytest.raises(ValueError, match=r"mixes \['text', 'video'\] items"):
+        ConversationDataset(tmp_path / "items.json", tmp_path, tok)
     (tmp_path / "items.json").write_text(json.dumps(items))
     data = ConversationDataset(tmp_path / "items.json", tmp_path, tok, options=MediaOptions(4, 32, 4), max_length=40)
     first = data[0]
@@ -90,15 +92,15 @@ def test_dataset_expands_the_placeholder_and_skips_what_it_cannot_use(video_toke
     assert [t for t in first["labels"] if t != IGNORE] == ids(tok, "a man walks left <|im_end|>")
     assert first["pixel_values"].shape == (4, 3, 32, 32)
     assert data[1] is None and data[2] is None and data.skipped == 2  # an unreadable video; 63 tokens > 40
-    assert data[3]["pixel_values"] is None
     batch = collate_conversations(
         [first, None, {**first, "input_ids": first["input_ids"][:-2], "labels": first["labels"][:-2]}], 0
     )
     assert batch["skipped"] == 1 and batch["input_ids"].shape == (2, len(first["input_ids"]))
     assert batch["attention_mask"][1].tolist() == [1] * (len(first["input_ids"]) - 2) + [0, 0]
     assert batch["labels"][1, -2:].tolist() == [IGNORE, IGNORE] and batch["pixel_values"].shape == (2, 4, 3, 32, 32)
+    text = {"id": "t", "input_ids": [5, 6], "labels": [5, 6], "pixel_values": None}
     with pytest.raises(ValueError, match="mixes frame shapes"):
-        collate_conversations([first, data[3]], 0)
+        collate_conversations([first, text], 0)
     with pytest.raises(FileNotFoundError, match="media folder"):
         ConversationDataset(tmp_path / "items.json", tmp_path / "nowhere", tok)
     assert torch.equal(batch["input_ids"][0], torch.tensor(first["input_ids"]))

@@ -140,6 +140,9 @@ class ConversationDataset(Dataset):
         if style not in ("plain", "chat"):
             raise ValueError(f"style must be 'plain' or 'chat', got {style!r}")
         self.items = read_items(path)
+        kinds = {"video" if "video" in item else "image" if "image" in item else "text" for item in self.items}
+        if len(kinds) > 1:  # a batch stacks one frame count: found now rather than mid-epoch
+            raise ValueError(f"{path} mixes {sorted(kinds)} items: give each kind its own file")
         self.media_root = Path(media_root)
         if not self.media_root.is_dir():
             raise FileNotFoundError(f"{path}: media folder not found: {self.media_root}")

@@ -16,6 +16,7 @@ steps, then cosine to 0.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -23,8 +24,10 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
-from .model import StreamFormerForVideoQA
+from .data import ConversationDataset, MediaOptions, PromptStyle, collate_conversations
+from .model import StreamFormerForVideoQA, StreamFormerVideoQAConfig
 
 Stage = Literal["projector", "full", "lora"]
 STAGES = ("projector", "full", "lora")
@@ -75,6 +78,10 @@ class VideoQATraining(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if batch["skipped"]:
             self.log("data/skipped", float(batch["skipped"]), reduce_fx="sum", on_step=True, batch_size=1)
+        # A batch whose every item was skipped: every rank takes a zero loss (same collectives and
+        # backward on all ranks), so no rank waits alone in the gradient all-reduce.
+        if not self.trainer.strategy.reduce_boolean_decision("input_ids" in batch, all=True):
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         loss = self(batch)
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=len(batch["input_ids"]))
         return loss
@@ -105,3 +112,58 @@ class VideoQATraining(L.LightningModule):
             self.model.save_pretrained(folder)
         finally:
             self.model.language_model = language_model
+
+
+class VideoQADataModule(L.LightningDataModule):
+    """Conversation files for one stage.
+
+    Args:
+        model: the `StreamFormerVideoQA` folder being trained (the CLI links it to the module's):
+            its config gives the frame size, the visual tokens per frame and the placeholder, and
+            the folder holds the tokenizer (`streamformer-videoqa build` saves it there).
+        train_file, val_file: LLaVA-style JSON lists (`data.read_items`).
+        media_root: the folder their `video` / `image` paths are relative to.
+        style: "plain" (stage 1) or "chat".
+        num_frames: uniformly sampled frames per video.
+        max_length: longest sequence kept (longer items are skipped and counted, never cut);
+            default: the tokenizer's `model_max_length`.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        train_file: str,
+        media_root: str,
+        val_file: str | None = None,
+        style: PromptStyle = "chat",
+        num_frames: int = 16,
+        max_length: int | None = None,
+        batch_size: int = 4,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        from transformers import AutoTokenizer
+
+        config = StreamFormerVideoQAConfig.from_pretrained(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        video_token = self.tokenizer.convert_ids_to_tokens(config.video_token_id)
+        options = MediaOptions(num_frames, config.vision_config.image_size, config.tokens_per_frame)
+        make = functools.partial(
+            ConversationDataset, media_root=media_root, tokenizer=self.tokenizer, video_token=video_token,
+            style=style, options=options, max_length=max_length,
+        )  # fmt: skip
+        self.train_set = make(train_file)
+        self.val_set = make(val_file) if val_file else None
+
+    def _loader(self, dataset: ConversationDataset, shuffle: bool) -> DataLoader:
+        collate = functools.partial(collate_conversations, pad_token_id=self.tokenizer.pad_token_id)
+        return DataLoader(
+            dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers, collate_fn=collate
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
