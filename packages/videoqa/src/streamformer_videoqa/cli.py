@@ -3,12 +3,14 @@
 streamformer-videoqa build --vision TOWER --language_model LM --output DIR [--tokenizer TOK]
 streamformer-videoqa fit --config configs/videoqa/llava-next-7b.yaml
 streamformer-videoqa export CHECKPOINT.ckpt OUTPUT_DIR
+streamformer-videoqa evaluate --model DIR --items ITEMS.json --media_root DIR --output runs/videoqa/eval
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -57,6 +59,36 @@ def export(checkpoint: str, output: str) -> None:
     print(f"wrote {output}")
 
 
+def evaluate(model: str, items: str, media_root: str, output: str, num_frames: int = 16, device: str | None = None) -> dict:
+    """Answer every item (multiple choice by option letter, open answers by exact match); write
+    the replies (`<output>.jsonl`) and the accuracy table (`<output>.json`), and print the table.
+
+    Args:
+        model: a model folder (`build` / `export`), its tokenizer inside.
+        items: JSON list of questions (see `streamformer_videoqa.evaluate`).
+        media_root: the folder the items' video paths are relative to.
+        output: path stem of the two result files.
+        num_frames: uniformly sampled frames per video.
+        device: where the model runs (default: CUDA when available).
+    """
+    import json
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from .evaluate import answer_items, write_results
+    from .model import StreamFormerForVideoQA
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    net = StreamFormerForVideoQA.from_pretrained(model).to(device)
+    questions = json.loads(Path(items).read_text())
+    table = write_results(answer_items(net, AutoTokenizer.from_pretrained(model), questions, media_root, num_frames), output)
+    for kind, row in table.items():
+        chance = f", chance {row['chance']:.3f}" if "chance" in row else ""
+        print(f"{kind}: accuracy {row['accuracy']:.3f} over {row['items']} items{chance}")
+    return table
+
+
 class VideoQACLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.model", "data.model")  # the data reads the model's tokenizer and token budget
@@ -68,10 +100,10 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> VideoQACLI
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["build"], ["export"]):
+    if argv[:1] in (["build"], ["export"], ["evaluate"]):
         from jsonargparse import CLI
 
-        CLI({"build": build, "export": export}, args=argv, as_positional=False)
+        CLI({"build": build, "export": export, "evaluate": evaluate}, args=argv, as_positional=False)
         return
     lightning_cli(argv)
 
