@@ -162,6 +162,15 @@ class StreamFormerForVideoQA(PreTrainedModel):
         model.set_attn_implementation({name: impl or "sdpa" for name, impl in attention.items()})
         return model
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # Loading builds fresh parameters, trainable by default: freeze the tower again (an
+        # optimizer or DDP that saw it trainable would wait for gradients it never gets).
+        model.vision_tower.requires_grad_(False).eval()
+        return loaded
+
     def train(self, mode: bool = True) -> StreamFormerForVideoQA:
         super().train(mode)
         self.vision_tower.eval()  # frozen: no dropout, whatever the rest does

@@ -23,10 +23,11 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .data import ConversationDataset, MediaOptions, PromptStyle, collate_conversations
+from .data import IGNORE, ConversationDataset, MediaOptions, PromptStyle, collate_conversations
 from .model import StreamFormerForVideoQA, StreamFormerVideoQAConfig
 
 Stage = Literal["projector", "full", "lora"]
@@ -70,10 +71,23 @@ class VideoQATraining(L.LightningModule):
         if gradient_checkpointing:
             self.model.language_model.gradient_checkpointing_enable()
 
+    def answer_loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """(summed cross-entropy of this rank's answer tokens, answer tokens of every rank).
+
+        Ranks hold different numbers of answer tokens: dividing each rank's sum by the global
+        count (and DDP averaging the gradients) gives the gradient of the global batch's mean,
+        where a mean per rank would weight a short answer's tokens more than a long one's."""
+        logits = self.model(batch["input_ids"], batch.get("pixel_values"), attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        summed = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        count = self.trainer.strategy.reduce((labels != IGNORE).sum().float(), reduce_op="sum")
+        return summed, count.clamp(min=1)
+
     def forward(self, batch: dict[str, Any]) -> Tensor:
-        return self.model(
-            batch["input_ids"], batch.get("pixel_values"), attention_mask=batch["attention_mask"], labels=batch["labels"]
-        ).loss
+        """The mean answer-token loss of `batch`, as one process sees it."""
+        labels = batch["labels"][:, 1:]
+        logits = self.model(batch["input_ids"], batch.get("pixel_values"), attention_mask=batch["attention_mask"]).logits
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if batch["skipped"]:
@@ -82,9 +96,12 @@ class VideoQATraining(L.LightningModule):
         # backward on all ranks), so no rank waits alone in the gradient all-reduce.
         if not self.trainer.strategy.reduce_boolean_decision("input_ids" in batch, all=True):
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
-        loss = self(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=len(batch["input_ids"]))
-        return loss
+        summed, count = self.answer_loss(batch)
+        # Summed over ranks, the logged value is the global batch's mean token loss.
+        self.log(
+            "train/loss", summed.detach() / count, prog_bar=True, on_step=True, reduce_fx="sum", sync_dist=True, batch_size=1
+        )
+        return summed * self.trainer.world_size / count
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.log("val/loss", self(batch), on_epoch=True, batch_size=len(batch["input_ids"]), sync_dist=True)
