@@ -1,0 +1,42 @@
+"""The synthetic world as video QA data: every converted file reads as conversations, the options
+and letters match the world's questions, and the world tokenizer knows every word of them."""
+
+import json
+
+import pytest
+
+from streamformer.synthetic import WorldConfig, generate_world
+from streamformer_videoqa.data import encode_conversation, read_items
+from streamformer_videoqa.evaluate import is_right
+from streamformer_videoqa.synthetic import convert_world, world_tokenizer
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    generate_world(root, num_train=6, num_val=3, seed=0, config=WorldConfig(num_frames=24), progress=False)
+    return root
+
+
+def test_converted_files_are_conversations_the_tokenizer_reads_whole(world, tmp_path):
+    files = convert_world(world, tmp_path)
+    kinds = ("captions_{}", "qa_{}", "qa_{}_text", "questions_{}")
+    assert sorted(files) == sorted(kind.format(split) for kind in kinds for split in ("train", "val"))
+    tokenizer = world_tokenizer(world)
+    source = json.loads((world / "qa/val.json").read_text())
+    for name, path in files.items():
+        if name.startswith("questions"):
+            continue
+        items = read_items(path)  # checked: roles, placeholders, answers
+        for item in items:
+            ids, labels = encode_conversation(item["conversations"], tokenizer, "<video>", "chat")
+            assert tokenizer.unk_token_id not in ids, tokenizer.decode(ids)
+            assert any(label != -100 for label in labels)
+    questions = json.loads(files["questions_val"].read_text())
+    assert len(questions) == len(source)
+    for question, original in zip(questions, source, strict=True):
+        right = question["options"][ord(question["answer"]) - ord("A")]
+        assert right == f"{question['answer']}. {original['answer']}"
+        assert is_right(question, question["answer"]) and (world / question["video"]).exists()
+    text_only = read_items(files["qa_val_text"])
+    assert all("video" not in item and "<video>" not in item["conversations"][0]["value"] for item in text_only)
