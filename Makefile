@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constra
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo stream-demo oad-demo seeds ablation-temporal ablation-tasks test lint bench clean
+.PHONY: setup demo stream-demo oad-demo videoqa-demo seeds ablation-temporal ablation-tasks test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -67,6 +67,13 @@ ablation-temporal ablation-tasks: setup
 oad-demo: setup
 	test -f $(TINY)/backbone/config.json || $(MAKE) demo
 	$(BIN)/streamformer-oad demo --backbone $(TINY)/backbone --world runs/world --docs docs/oad
+
+# Video QA on the synthetic world (after `make demo`): a tiny word-level LM on the pretrained
+# backbone, with the backbone's temporal gates off, and on the questions alone; held-out accuracy
+# against chance over SEEDS (docs/videoqa/synthetic.md).
+videoqa-demo: setup
+	test -f $(TINY)/backbone/config.json || $(MAKE) demo
+	$(BIN)/streamformer-videoqa demo --backbone $(TINY)/backbone --world runs/world --seeds "[$(subst $(eval) ,$(comma),$(strip $(SEEDS)))]"
 
 # Streaming only: a random tiny StreamFormer on one synthetic clip (seconds).
 stream-demo: setup

@@ -18,6 +18,24 @@ def world(tmp_path_factory):
     return root
 
 
+def test_demo_runs_every_variant_and_reports_the_spread(world, tmp_path):
+    from streamformer.testing import tiny_model
+    from streamformer_videoqa.demo import VARIANTS, run_seeds
+
+    tiny_model().save_pretrained(tmp_path / "backbone")
+    summary = run_seeds(str(tmp_path / "backbone"), str(world), str(tmp_path / "runs"), str(tmp_path / "report.md"),
+                        seeds=[0], num_frames=2, caption_epochs=1, qa_epochs=1, batch_size=8)  # fmt: skip
+    questions = json.loads((world / "qa/val.json").read_text())
+    report = (tmp_path / "report.md").read_text()
+    for variant in VARIANTS:
+        folder = tmp_path / "runs" / "seed0" / variant.replace(", ", "-").replace(" ", "-")
+        replies = [json.loads(line) for line in (folder / "answers.jsonl").read_text().splitlines()]
+        assert len(replies) == len(questions) and all(("video" in r) == (variant != "text only") for r in replies)
+        accuracy = sum(r["right"] for r in replies) / len(replies)
+        assert summary[variant] == {"mean": accuracy, "std": 0.0} and f"| {variant} | {accuracy:.3f} ± 0.000 |" in report
+    assert "video vs text only:" in report
+
+
 def test_converted_files_are_conversations_the_tokenizer_reads_whole(world, tmp_path):
     files = convert_world(world, tmp_path)
     kinds = ("captions_{}", "qa_{}", "qa_{}_text", "questions_{}")

@@ -4,6 +4,7 @@ streamformer-videoqa build --vision TOWER --language_model LM --output DIR [--to
 streamformer-videoqa fit --config configs/videoqa/llava-next-7b.yaml
 streamformer-videoqa export CHECKPOINT.ckpt OUTPUT_DIR
 streamformer-videoqa evaluate --model DIR --items ITEMS.json --media_root DIR --output runs/videoqa/eval
+streamformer-videoqa demo      # the synthetic comparison behind `make videoqa-demo`
 """
 
 from __future__ import annotations
@@ -100,10 +101,12 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> VideoQACLI
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["build"], ["export"], ["evaluate"]):
+    if argv[:1] in (["build"], ["export"], ["evaluate"], ["demo"]):
         from jsonargparse import CLI
 
-        CLI({"build": build, "export": export, "evaluate": evaluate}, args=argv, as_positional=False)
+        from .demo import run_seeds
+
+        CLI({"build": build, "export": export, "evaluate": evaluate, "demo": run_seeds}, args=argv, as_positional=False)
         return
     lightning_cli(argv)
 

@@ -21,6 +21,7 @@ lengths are final here: an item longer than `max_length` is skipped and counted,
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -119,6 +120,12 @@ class MediaOptions:
     num_frames: int = 16  # uniformly sampled frames of a video (an image is one frame)
     image_size: int = 224
     tokens_per_frame: int = 49
+    cache_clips: bool = False  # keep each decoded clip in memory (small data sets asked many questions per video)
+
+
+@functools.lru_cache(maxsize=8192)
+def _cached_clip(path: Path, frames: int, size: int):
+    return load_clip(path, frames, size)
 
 
 class ConversationDataset(Dataset):
@@ -167,7 +174,8 @@ class ConversationDataset(Dataset):
             ids = expand_placeholder(ids, self.video_token_id, count)
             labels = [*labels[:at], *[IGNORE] * count, *labels[at + 1 :]]
             try:
-                pixels = load_clip(self.media_root / media, frames, self.options.image_size)
+                load = _cached_clip if self.options.cache_clips else load_clip
+                pixels = load(self.media_root / media, frames, self.options.image_size)
             except VideoReadError as error:
                 return self._skip(name, str(error))
         if len(ids) > self.max_length:

@@ -82,15 +82,17 @@ def answer_items(
     size = model.config.vision_config.image_size
     results = []
     for item in tqdm(items, desc="answer", unit="item", disable=None):
-        messages = [{"role": "user", "content": f"{video_token}\n{question_text(item)}"}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        content = f"{video_token}\n{question_text(item)}" if "video" in item else question_text(item)
+        text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids = expand_placeholder(ids, model.config.video_token_id, num_frames * model.config.tokens_per_frame)
-        try:
-            frames = load_clip(Path(media_root) / item["video"], num_frames, size)[None].to(model.device, model.dtype)
-        except VideoReadError as error:  # counted as a wrong answer and named, never a crash
-            results.append({**item, "reply": None, "right": False, "error": str(error)})
-            continue
+        frames = None
+        if "video" in item:  # without one, the question alone (the text-only baseline)
+            ids = expand_placeholder(ids, model.config.video_token_id, num_frames * model.config.tokens_per_frame)
+            try:
+                frames = load_clip(Path(media_root) / item["video"], num_frames, size)[None].to(model.device, model.dtype)
+            except VideoReadError as error:  # counted as a wrong answer and named, never a crash
+                results.append({**item, "reply": None, "right": False, "error": str(error)})
+                continue
         new = model.generate(
             torch.tensor([ids], device=model.device), frames, max_new_tokens=max_new_tokens, do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
