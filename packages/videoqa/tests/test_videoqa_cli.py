@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_lm
+from videoqa_helpers import tiny_lm
 
 from streamformer.testing import tiny_model
 from streamformer.video import write_video

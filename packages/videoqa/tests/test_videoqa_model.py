@@ -4,7 +4,7 @@ save/load as one folder, greedy generation."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_lm
+from videoqa_helpers import tiny_lm
 
 from streamformer.testing import tiny_model
 from streamformer_videoqa import StreamFormerForVideoQA, expand_placeholder, pool_patches

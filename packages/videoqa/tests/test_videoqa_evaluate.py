@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_lm
+from videoqa_helpers import tiny_lm
 
 from streamformer.testing import tiny_model
 from streamformer.video import write_video

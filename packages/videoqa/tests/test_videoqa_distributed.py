@@ -9,10 +9,10 @@ import lightning as L
 import numpy as np
 import torch
 import torch.multiprocessing as mp
-from conftest import tiny_lm, word_tokenizer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader
+from videoqa_helpers import tiny_lm, word_tokenizer
 
 from streamformer.testing import tiny_model
 from streamformer_videoqa import StreamFormerForVideoQA, expand_placeholder

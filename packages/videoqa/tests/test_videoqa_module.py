@@ -6,8 +6,8 @@ import functools
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_lm
 from torch.utils.data import DataLoader
+from videoqa_helpers import tiny_lm
 
 from streamformer.testing import tiny_model
 from streamformer_videoqa import StreamFormerForVideoQA, expand_placeholder
