@@ -1,5 +1,5 @@
-"""Tiny parts the videoqa tests build (nothing is downloaded): a word-level tokenizer with a chat template, a
-2-layer Qwen2 from config, the backbone's tiny StreamFormer."""
+"""Tiny parts the videoqa tests build (nothing is downloaded): a word-level tokenizer with a chat
+template and a 2-layer Qwen2 from config."""
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
