@@ -83,5 +83,5 @@ def test_ddp_loss_and_gradients_equal_one_process_on_the_global_batch(tmp_path):
         grads, logged = results[rank]
         assert np.isclose(logged, float(loss), atol=1e-5)
         assert grads.keys() == {n for n, p in module.named_parameters() if p.grad is not None}
-        for name, grad in grads.items():
-            torch.testing.assert_close(grad, dict(module.named_parameters())[name].grad, atol=1e-5, rtol=1e-4)
+        for name, grad in grads.items():  # float32 sums in another order: ~1e-5 apart; a missed all-reduce: ~1 apart
+            torch.testing.assert_close(grad, dict(module.named_parameters())[name].grad, atol=1e-4, rtol=1e-3)
