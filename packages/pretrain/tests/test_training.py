@@ -60,6 +60,7 @@ def make(world, tmp_path, *callbacks, trainer_args=None, **model_args):
 
 def test_fit_trains_every_task_and_exports(world, tmp_path):
     from streamformer import StreamFormerVisionModel
+    from streamformer_pretrain.cli import evaluate as evaluate_command
     from streamformer_pretrain.cli import export
     from streamformer_pretrain.evaluate import best_fixed_interval, evaluate, format_table, held_out_datasets
 
@@ -92,6 +93,12 @@ def test_fit_trains_every_task_and_exports(world, tmp_path):
     blind = results["grounding mIoU"]["blind"]
     assert blind == pytest.approx(best_fixed_interval(moments, 4)[1])
     assert f"scores {blind:.3f} mIoU" in format_table(results)
+    # The command on the checkpoint, as LightningCLI writes it (with its `_instantiator` entry).
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    checkpoint["datamodule_hyper_parameters"]["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+    torch.save(checkpoint, tmp_path / "cli.ckpt")
+    with pytest.warns(UserWarning, match="softmax-trained masks"):
+        assert evaluate_command(str(tmp_path / "cli.ckpt"), root=str(world.root), device="cpu") == results
 
 
 def test_evaluate_reads_held_out_data_by_path_as_it_reads_the_world(world):

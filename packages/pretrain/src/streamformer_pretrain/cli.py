@@ -63,6 +63,8 @@ def evaluate(
         output: also write the table here (Markdown) and the numbers beside it (.json).
         device: where the model runs (default: CUDA when available).
     """
+    import inspect
+
     import torch
     import yaml
 
@@ -72,7 +74,8 @@ def evaluate(
     from .readers import ClipOptions
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    data_args = dict(state.get("datamodule_hyper_parameters", {}))
+    accepted = inspect.signature(MultiTaskDataModule.__init__).parameters  # LightningCLI adds `_instantiator`
+    data_args = {k: v for k, v in state.get("datamodule_hyper_parameters", {}).items() if k in accepted}
     if not data_args.get("task_files"):
         data_args["root"] = root  # a world-trained model: its world may have moved
     datamodule = MultiTaskDataModule(**data_args)
