@@ -20,7 +20,7 @@ def world(tmp_path_factory):
 
 def test_demo_runs_every_variant_and_reports_the_spread(world, tmp_path):
     from streamformer.testing import tiny_model
-    from streamformer_videoqa.demo import VARIANTS, run_seeds
+    from streamformer_videoqa.demo import VARIANTS, run_seeds, variant_folder
 
     tiny_model().save_pretrained(tmp_path / "backbone")
     summary = run_seeds(str(tmp_path / "backbone"), str(world), str(tmp_path / "runs"), str(tmp_path / "report.md"),
@@ -28,7 +28,7 @@ def test_demo_runs_every_variant_and_reports_the_spread(world, tmp_path):
     questions = json.loads((world / "qa/val.json").read_text())
     report = (tmp_path / "report.md").read_text()
     for variant in VARIANTS:
-        folder = tmp_path / "runs" / "seed0" / variant.replace(", ", "-").replace(" ", "-")
+        folder = tmp_path / "runs" / "seed0" / variant_folder(variant)
         replies = [json.loads(line) for line in (folder / "answers.jsonl").read_text().splitlines()]
         assert len(replies) == len(questions) and all(("video" in r) == (variant != "text only") for r in replies)
         accuracy = sum(r["right"] for r in replies) / len(replies)

@@ -39,6 +39,13 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # `from_pretrained` arguments that say where files come from (a local folder or a hub cache).
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def default_device(device: str | None = None) -> str:
+    """`device`, or CUDA when there is one (the commands' default)."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 _AUTO_KWARGS = ("adapter_kwargs", "trust_remote_code", "code_revision", "output_loading_info", "use_safetensors", "weights_only")
 _ORIGINAL_LORA = re.compile(r"^(encoder\.layer\.\d+\.attention\.(?:attention\.qkv|output\.dense))_lora_([ab])\.weight$")
 

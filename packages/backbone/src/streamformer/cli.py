@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .cache import DEFAULT_MAX_FRAMES, cache_bytes_per_frame
-from .checkpoints import DTYPES, conversion_report, detect_format, from_siglip, load_model, load_original
+from .checkpoints import DTYPES, conversion_report, default_device, detect_format, from_siglip, load_model, load_original
 from .model import StreamFormerModel, StreamFormerVisionModel
 from .tensor_file import SafetensorsWriter
 from .video import FrameSource, VideoReadError, load_clip, segment_indices, video_info
@@ -75,11 +75,6 @@ def convert(source: str, output: str, merge_lora: bool = False, num_frames: int 
     model.save_pretrained(output)
     kind_name = "StreamFormerModel (video + text)" if isinstance(model, StreamFormerModel) else "StreamFormerVisionModel"
     print(f"wrote {kind_name} to {output}")
-
-
-def default_device(device: str | None) -> str:
-    """`device`, or CUDA when there is one."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def stream_window(net: StreamFormerVisionModel, source: FrameSource, max_frames: int | None, dtype: str) -> None:

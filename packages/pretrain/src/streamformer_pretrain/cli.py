@@ -68,6 +68,8 @@ def evaluate(
     import torch
     import yaml
 
+    from streamformer.checkpoints import default_device
+
     from .evaluate import evaluate as run_evaluation
     from .evaluate import format_table, held_out_datasets, load_checkpoint, save_results
     from .module import MultiTaskDataModule
@@ -79,7 +81,7 @@ def evaluate(
     if not data_args.get("task_files"):
         data_args["root"] = root  # a world-trained model: its world may have moved
     datamodule = MultiTaskDataModule(**data_args)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     module = load_checkpoint(checkpoint, datamodule).to(device)
     files = yaml.safe_load(Path(task_files).read_text()) if task_files else None
     options = ClipOptions(datamodule.hparams.num_frames, datamodule.hparams.image_size, train=False, cache_videos=files is None)

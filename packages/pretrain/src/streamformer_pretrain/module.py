@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from streamformer import StreamFormerConfig, StreamFormerModel
+from streamformer.schedule import warmup_cosine_factor
 
 from .data import TASKS, MultiTaskDataset, collate, synthetic_task_datasets, task_readers
 from .heads import (
@@ -420,13 +422,8 @@ class StreamFormerPretraining(L.LightningModule):
         optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.hparams.lr, betas=self.hparams.betas)
         total = self.total_steps()
         warmup = int(self.hparams.warmup_ratio * total)
-        floor = self.hparams.min_lr / self.hparams.lr
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
+        schedule = functools.partial(
+            warmup_cosine_factor, warmup=warmup, total=total, floor=self.hparams.min_lr / self.hparams.lr
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -74,13 +74,14 @@ def evaluate(model: str, items: str, media_root: str, output: str, num_frames: i
     """
     import json
 
-    import torch
     from transformers import AutoTokenizer
+
+    from streamformer.checkpoints import default_device
 
     from .evaluate import answer_items, write_results
     from .model import StreamFormerForVideoQA
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     net = StreamFormerForVideoQA.from_pretrained(model).to(device)
     questions = json.loads(Path(items).read_text())
     table = write_results(answer_items(net, AutoTokenizer.from_pretrained(model), questions, media_root, num_frames), output)

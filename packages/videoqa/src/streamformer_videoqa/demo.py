@@ -37,6 +37,11 @@ from .synthetic import convert_world, world_tokenizer
 VARIANTS = ("video", "video, gates off", "text only")
 
 
+def variant_folder(variant: str) -> str:
+    """A variant's run folder name: "video, gates off" -> "video-gates-off"."""
+    return variant.replace(", ", "-").replace(" ", "-")
+
+
 def tiny_language_model(vocab_size: int, seed: int):
     torch.manual_seed(seed)
     config = Qwen2Config(
@@ -68,7 +73,7 @@ def run_variant(
     if variant == "video, gates off":
         tower.disable_temporal()
     model = StreamFormerForVideoQA.from_parts(tower, tiny_language_model(len(tokenizer), seed), copy.deepcopy(tokenizer))
-    folder = output / variant.replace(", ", "-").replace(" ", "-")
+    folder = output / variant_folder(variant)
     model.save_pretrained(folder / "init")
     options = MediaOptions(num_frames, model.config.vision_config.image_size, model.config.tokens_per_frame, cache_clips=True)
     dataset = functools.partial(ConversationDataset, media_root=world, tokenizer=tokenizer, options=options)
@@ -125,7 +130,7 @@ def run_seeds(
     accuracy: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
     for seed in seeds:
         for variant in VARIANTS:
-            done = Path(output) / f"seed{seed}" / variant.replace(", ", "-").replace(" ", "-") / "answers.json"
+            done = Path(output) / f"seed{seed}" / variant_folder(variant) / "answers.json"
             table = json.loads(done.read_text()) if done.exists() else run_variant(
                 variant, backbone, files, world_path, Path(output) / f"seed{seed}", seed, num_frames, caption_epochs,
                 qa_epochs, batch_size,

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from streamformer.schedule import warmup_cosine_factor
+
 from .data import IGNORE, ConversationDataset, MediaOptions, PromptStyle, collate_conversations
 from .model import StreamFormerForVideoQA, StreamFormerVideoQAConfig
 
@@ -71,23 +73,26 @@ class VideoQATraining(L.LightningModule):
         if gradient_checkpointing:
             self.model.language_model.gradient_checkpointing_enable()
 
+    def summed_loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """(summed cross-entropy of the batch's answer tokens, their count)."""
+        logits = self.model(batch["input_ids"], batch.get("pixel_values"), attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        summed = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        return summed, (labels != IGNORE).sum()
+
     def answer_loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """(summed cross-entropy of this rank's answer tokens, answer tokens of every rank).
 
         Ranks hold different numbers of answer tokens: dividing each rank's sum by the global
         count (and DDP averaging the gradients) gives the gradient of the global batch's mean,
         where a mean per rank would weight a short answer's tokens more than a long one's."""
-        logits = self.model(batch["input_ids"], batch.get("pixel_values"), attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        summed = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
-        count = self.trainer.strategy.reduce((labels != IGNORE).sum().float(), reduce_op="sum")
-        return summed, count.clamp(min=1)
+        summed, count = self.summed_loss(batch)
+        return summed, self.trainer.strategy.reduce(count.float(), reduce_op="sum").clamp(min=1)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         """The mean answer-token loss of `batch`, as one process sees it."""
-        labels = batch["labels"][:, 1:]
-        logits = self.model(batch["input_ids"], batch.get("pixel_values"), attention_mask=batch["attention_mask"]).logits
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+        summed, count = self.summed_loss(batch)
+        return summed / count
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if batch["skipped"]:
@@ -111,12 +116,7 @@ class VideoQATraining(L.LightningModule):
         optimizer = torch.optim.AdamW(trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = math.ceil(self.hparams.warmup_ratio * total)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
+        schedule = functools.partial(warmup_cosine_factor, warmup=warmup, total=total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
