@@ -1,21 +1,26 @@
 """Conversation data: item checks, prompts and label masks computed by hand, the placeholder
-expansion, skipped items, batching."""
+expansion, skipped items, batching, precomputed tower features."""
 
 import json
 
 import numpy as np
 import pytest
 import torch
+from videoqa_helpers import tiny_lm
 
+from streamformer.testing import tiny_model
 from streamformer.video import write_video
+from streamformer_videoqa import StreamFormerForVideoQA
 from streamformer_videoqa.data import (
     IGNORE,
     ConversationDataset,
     MediaOptions,
     collate_conversations,
     encode_conversation,
+    precompute_features,
     read_items,
 )
+from streamformer_videoqa.evaluate import answer_items
 
 
 @pytest.fixture
@@ -104,3 +109,32 @@ def test_dataset_expands_the_placeholder_and_skips_what_it_cannot_use(video_toke
     with pytest.raises(FileNotFoundError, match="media folder"):
         ConversationDataset(tmp_path / "items.json", tmp_path / "nowhere", tok)
     assert torch.equal(batch["input_ids"][0], torch.tensor(first["input_ids"]))
+
+
+def test_precomputed_tower_features_stand_in_for_the_frames(video_tokenizer, tmp_path):
+    tok = video_tokenizer
+    model = StreamFormerForVideoQA.from_parts(tiny_model(), tiny_lm(len(tok)), tok).eval()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        write_video(tmp_path / f"{name}.mp4", rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8), fps=4)
+    items = [
+        {"id": name, "video": f"{name}.mp4", "conversations": conversation("<video> what is the ball", answer)}
+        for name, answer in (("a", "red"), ("b", "blue"), ("gone", "red"))
+    ]
+    (tmp_path / "items.json").write_text(json.dumps(items))
+    features = precompute_features(model, [item["video"] for item in items], tmp_path, num_frames=3, batch_size=1)
+    assert sorted(features) == ["a.mp4", "b.mp4"] and features["a.mp4"].shape == (3, 16, 32)  # the unreadable one left out
+    options = MediaOptions(3, 32, model.config.tokens_per_frame)
+    from_frames = ConversationDataset(tmp_path / "items.json", tmp_path, tok, options=options)
+    from_features = ConversationDataset(tmp_path / "items.json", tmp_path, tok, options=options, features=features)
+    assert from_features[2] is None and from_features.skipped == 1  # no features: skipped and counted
+    frames = collate_conversations([from_frames[0], from_frames[1]], 0)
+    stored = collate_conversations([from_features[0], from_features[1]], 0)
+    assert "pixel_values" not in stored and stored["vision_features"].shape == (2, 3, 16, 32)
+    with torch.no_grad():
+        expected = model(frames["input_ids"], frames["pixel_values"], frames["attention_mask"]).logits
+        got = model(stored["input_ids"], attention_mask=stored["attention_mask"], vision_features=stored["vision_features"])
+    torch.testing.assert_close(got.logits, expected, atol=1e-5, rtol=0)
+    questions = [{"id": "q", "video": "a.mp4", "question": "what is the ball", "answer": "red"}]
+    replies = [answer_items(model, tok, questions, tmp_path, 3, features=f) for f in (None, features)]
+    assert replies[0][0]["reply"] == replies[1][0]["reply"]

@@ -91,3 +91,14 @@ def test_each_stage_trains_its_parts_and_learns_the_answer_from_the_video(stage,
 def test_an_unknown_stage_is_refused(model_dir):
     with pytest.raises(ValueError, match="stage must be one of"):
         VideoQATraining(str(model_dir), stage="everything")
+
+
+def test_validation_survives_a_batch_whose_every_item_was_skipped(tokenizer, model_dir):
+    module = VideoQATraining(str(model_dir))
+    data = [None, None, *items(tokenizer, module.model.config, 2, seed=0)]
+    loader = DataLoader(data, batch_size=2, collate_fn=functools.partial(collate_conversations, pad_token_id=0))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.validate(module, loader)
+    assert metrics["data/val_skipped"] == 2
+    with torch.no_grad():
+        assert metrics["val/loss"] == pytest.approx(float(module(collate_conversations(data[2:], 0))), rel=1e-5)

@@ -2,6 +2,7 @@
 and letters match the world's questions, and the world tokenizer knows every word of them."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,26 @@ def test_converted_files_are_conversations_the_tokenizer_reads_whole(world, tmp_
         assert is_right(question, question["answer"]) and (world / question["video"]).exists()
     text_only = read_items(files["qa_val_text"])
     assert all("video" not in item and "<video>" not in item["conversations"][0]["value"] for item in text_only)
+
+
+def test_synthetic_recipes_run_as_written(world, tmp_path, monkeypatch, capsys):
+    """`synthetic`, then the two synthetic-tiny configs unchanged but for their step count, the
+    exports and the evaluation, from a folder laid out as `make demo` leaves the repository."""
+    from streamformer.testing import tiny_model
+    from streamformer_videoqa.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "world").symlink_to(world)
+    tiny_model().save_pretrained(tmp_path / "runs/pretrain-tiny/backbone")
+    configs = Path(__file__).parents[3] / "configs" / "videoqa"
+    out = Path("runs/videoqa-tiny")
+    main(["synthetic", "--world", "runs/world", "--backbone", "runs/pretrain-tiny/backbone", "--output", str(out)])
+    for stage, config in (("stage1", "synthetic-tiny-projector.yaml"), ("stage3", "synthetic-tiny.yaml")):
+        main(["fit", "--config", str(configs / config), "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"])
+        main(["export", "--checkpoint", str(out / stage / "checkpoints/last.ckpt"), "--output", str(out / stage / "model")])
+    main(["evaluate", "--model", str(out / "stage3/model"), "--items", str(out / "data/questions_val.json"),
+          "--media_root", "runs/world", "--num_frames", "8", "--output", str(out / "eval"), "--device", "cpu"])  # fmt: skip
+    table = json.loads((out / "eval.json").read_text())
+    assert table["multiple choice"]["items"] == len(json.loads((world / "qa/val.json").read_text()))
+    assert table["multiple choice"]["unreadable"] == 0

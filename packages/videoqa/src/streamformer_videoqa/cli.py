@@ -4,6 +4,7 @@ streamformer-videoqa build --vision TOWER --language_model LM --output DIR [--to
 streamformer-videoqa fit --config configs/videoqa/llava-next-7b.yaml
 streamformer-videoqa export CHECKPOINT.ckpt OUTPUT_DIR
 streamformer-videoqa evaluate --model DIR --items ITEMS.json --media_root DIR --output runs/videoqa/eval
+streamformer-videoqa synthetic --world runs/world --backbone runs/pretrain-tiny/backbone --output runs/videoqa-tiny
 streamformer-videoqa demo      # the synthetic comparison behind `make videoqa-demo`
 """
 
@@ -102,12 +103,14 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> VideoQACLI
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["build"], ["export"], ["evaluate"], ["demo"]):
+    if argv[:1] in (["build"], ["export"], ["evaluate"], ["synthetic"], ["demo"]):
         from jsonargparse import CLI
 
         from .demo import run_seeds
+        from .synthetic import write_synthetic
 
-        CLI({"build": build, "export": export, "evaluate": evaluate, "demo": run_seeds}, args=argv, as_positional=False)
+        commands = {"build": build, "export": export, "evaluate": evaluate, "synthetic": write_synthetic, "demo": run_seeds}
+        CLI(commands, args=argv, as_positional=False)
         return
     lightning_cli(argv)
 

@@ -21,20 +21,22 @@ lengths are final here: an item longer than `max_length` is skipped and counted,
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from streamformer.video import VideoReadError, load_clip
 
-from .model import expand_placeholder
+from .model import StreamFormerForVideoQA, expand_placeholder
 
 logger = logging.getLogger(__name__)
 
@@ -120,19 +122,48 @@ class MediaOptions:
     num_frames: int = 16  # uniformly sampled frames of a video (an image is one frame)
     image_size: int = 224
     tokens_per_frame: int = 49
-    cache_clips: bool = False  # keep each decoded clip in memory (small data sets asked many questions per video)
 
 
-@functools.lru_cache(maxsize=8192)
-def _cached_clip(path: Path, frames: int, size: int):
-    return load_clip(path, frames, size)
+@torch.no_grad()
+def precompute_features(
+    model: StreamFormerForVideoQA,
+    media: Iterable[str],
+    media_root: str | os.PathLike,
+    num_frames: int,
+    batch_size: int = 16,
+) -> dict[str, Tensor]:
+    """The frozen tower's features [T, N, D] of every video in `media` (paths under `media_root`),
+    on the CPU, keyed by path. For small data sets asked many questions per video (the tower is
+    frozen, so a video's features never change): memory grows with the number of videos. A video
+    that cannot be read is logged and left out (its items are then skipped and counted)."""
+    size = model.config.vision_config.image_size
+    features: dict[str, Tensor] = {}
+    clips: list[tuple[str, Tensor]] = []
+
+    def encode() -> None:
+        frames = torch.stack([clip for _, clip in clips]).to(model.device, model.dtype)
+        for (path, _), row in zip(clips, model.tower_features(frames).cpu(), strict=True):
+            features[path] = row
+        clips.clear()
+
+    for path in tqdm(sorted(set(media)), desc="tower features", unit="video", disable=None):
+        try:
+            clips.append((path, load_clip(Path(media_root) / path, num_frames, size)))
+        except VideoReadError as error:
+            logger.warning("no features for %s: %s", path, error)
+        if len(clips) == batch_size:
+            encode()
+    if clips:
+        encode()
+    return features
 
 
 class ConversationDataset(Dataset):
-    """Tokenised conversations with their frames: {"id", "input_ids", "labels", "pixel_values" | None}.
+    """Tokenised conversations with their frames: {"id", "input_ids", "labels", "pixel_values" | None},
+    or with `features` (`precompute_features`) "vision_features" in place of the frames.
 
-    Items whose video cannot be read, or that come out longer than `max_length` tokens, give
-    None: logged by id and counted in `skipped` (the collate drops them)."""
+    Items whose video cannot be read (or has no features), or that come out longer than
+    `max_length` tokens, give None: logged by id and counted in `skipped` (the collate drops them)."""
 
     def __init__(
         self,
@@ -143,6 +174,7 @@ class ConversationDataset(Dataset):
         style: PromptStyle = "chat",
         options: MediaOptions = MediaOptions(),
         max_length: int | None = None,
+        features: Mapping[str, Tensor] | None = None,
     ) -> None:
         if style not in ("plain", "chat"):
             raise ValueError(f"style must be 'plain' or 'chat', got {style!r}")
@@ -154,6 +186,7 @@ class ConversationDataset(Dataset):
         if not self.media_root.is_dir():
             raise FileNotFoundError(f"{path}: media folder not found: {self.media_root}")
         self.tokenizer, self.video_token, self.style, self.options = tokenizer, video_token, style, options
+        self.features = features
         self.video_token_id = tokenizer.convert_tokens_to_ids(video_token)
         self.max_length = max_length or tokenizer.model_max_length
         self.skipped = 0
@@ -165,7 +198,7 @@ class ConversationDataset(Dataset):
         item = self.items[index]
         name = item.get("id", f"#{index}")
         ids, labels = encode_conversation(item["conversations"], self.tokenizer, self.video_token, self.style)
-        pixels = None
+        visual: dict[str, Tensor | None] = {"pixel_values": None}
         media = item.get("video") or item.get("image")
         if media is not None:
             frames = 1 if "image" in item else self.options.num_frames
@@ -173,14 +206,18 @@ class ConversationDataset(Dataset):
             at = ids.index(self.video_token_id)
             ids = expand_placeholder(ids, self.video_token_id, count)
             labels = [*labels[:at], *[IGNORE] * count, *labels[at + 1 :]]
-            try:
-                load = _cached_clip if self.options.cache_clips else load_clip
-                pixels = load(self.media_root / media, frames, self.options.image_size)
-            except VideoReadError as error:
-                return self._skip(name, str(error))
+            if self.features is not None:
+                if media not in self.features:
+                    return self._skip(name, f"no tower features for {media}")
+                visual = {"vision_features": self.features[media]}
+            else:
+                try:
+                    visual = {"pixel_values": load_clip(self.media_root / media, frames, self.options.image_size)}
+                except VideoReadError as error:
+                    return self._skip(name, str(error))
         if len(ids) > self.max_length:
             return self._skip(name, f"{len(ids)} tokens, more than max_length={self.max_length} (never cut)")
-        return {"id": name, "input_ids": ids, "labels": labels, "pixel_values": pixels}
+        return {"id": name, "input_ids": ids, "labels": labels, **visual}
 
     def _skip(self, name: str, why: str) -> None:
         self.skipped += 1
@@ -190,7 +227,8 @@ class ConversationDataset(Dataset):
 
 def collate_conversations(items: list[dict[str, Any] | None], pad_token_id: int) -> dict[str, Any]:
     """Right-padded ids, labels (-100 on padding) and attention mask; frames stacked [B, T, 3, S, S]
-    (every item of a batch has the same number of frames, or none has frames)."""
+    (every item of a batch has the same number of frames, or none has frames), or the items'
+    tower features [B, T, N, D]."""
     kept = [item for item in items if item is not None]
     batch: dict[str, Any] = {"skipped": len(items) - len(kept), "ids": [item["id"] for item in kept]}
     if not kept:
@@ -203,10 +241,11 @@ def collate_conversations(items: list[dict[str, Any] | None], pad_token_id: int)
         n = len(item["input_ids"])
         ids[row, :n], labels[row, :n], mask[row, :n] = torch.tensor(item["input_ids"]), torch.tensor(item["labels"]), 1
     batch.update(input_ids=ids, labels=labels, attention_mask=mask)
-    pixels = [item["pixel_values"] for item in kept]
-    if any(p is not None for p in pixels):
-        shapes = {None if p is None else tuple(p.shape) for p in pixels}
+    key = "vision_features" if "vision_features" in kept[0] else "pixel_values"
+    visual = [item.get(key) for item in kept]
+    if any(v is not None for v in visual):
+        shapes = {None if v is None else tuple(v.shape) for v in visual}
         if len(shapes) > 1:
             raise ValueError(f"a batch mixes frame shapes {sorted(map(str, shapes))}: batch videos, images and text apart")
-        batch["pixel_values"] = torch.stack(pixels)
+        batch[key] = torch.stack(visual)
     return batch

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,10 @@ def answer_items(
     media_root: str | os.PathLike,
     num_frames: int = 16,
     max_new_tokens: int = 16,
+    features: Mapping[str, torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
-    """Each item with its "reply" and whether it is "right"."""
+    """Each item with its "reply" and whether it is "right". With `features`
+    (`data.precompute_features` of these videos at `num_frames`), the tower is not run again."""
     model.eval()
     video_token = tokenizer.convert_ids_to_tokens(model.config.video_token_id)
     size = model.config.vision_config.image_size
@@ -85,16 +88,21 @@ def answer_items(
         content = f"{video_token}\n{question_text(item)}" if "video" in item else question_text(item)
         text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        frames = None
+        visual = {}
         if "video" in item:  # without one, the question alone (the text-only baseline)
             ids = expand_placeholder(ids, model.config.video_token_id, num_frames * model.config.tokens_per_frame)
             try:
-                frames = load_clip(Path(media_root) / item["video"], num_frames, size)[None].to(model.device, model.dtype)
+                visual = (
+                    {"vision_features": features[item["video"]][None].to(model.device)}
+                    if features is not None and item["video"] in features
+                    else {"pixel_values": load_clip(Path(media_root) / item["video"], num_frames, size)[None]}
+                )
             except VideoReadError as error:  # counted as a wrong answer and named, never a crash
                 results.append({**item, "reply": None, "right": False, "error": str(error)})
                 continue
+        visual = {key: value.to(model.device, model.dtype) for key, value in visual.items()}
         new = model.generate(
-            torch.tensor([ids], device=model.device), frames, max_new_tokens=max_new_tokens, do_sample=False,
+            torch.tensor([ids], device=model.device), **visual, max_new_tokens=max_new_tokens, do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
         )  # fmt: skip
         reply = tokenizer.decode(new[0], skip_special_tokens=True)

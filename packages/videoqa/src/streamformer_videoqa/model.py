@@ -179,30 +179,45 @@ class StreamFormerForVideoQA(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
-    def encode_video(self, pixel_values: Tensor, cache: TemporalKVCache | None = None) -> Tensor:
-        """Frames [B, T, 3, S, S] in [-1, 1] -> visual tokens [B, T * tokens_per_frame, H], frame-major.
+    def tower_features(self, pixel_values: Tensor, cache: TemporalKVCache | None = None) -> Tensor:
+        """Frames [B, T, 3, S, S] in [-1, 1] -> the frozen tower's patch features [B, T, N, D].
 
         With `cache`, the T frames continue the stream the cache holds (see the backbone)."""
         with torch.no_grad():
-            hidden = self.vision_tower(pixel_values, cache=cache).last_hidden_state
+            return self.vision_tower(pixel_values, cache=cache).last_hidden_state
+
+    def encode_video(
+        self, pixel_values: Tensor | None = None, cache: TemporalKVCache | None = None, vision_features: Tensor | None = None
+    ) -> Tensor:
+        """Frames [B, T, 3, S, S] -> visual tokens [B, T * tokens_per_frame, H], frame-major.
+
+        `vision_features` ([B, T, N, D] from `tower_features`, computed once per video of a small
+        data set asked many questions) replace the frames: the tower is frozen, so they are what
+        the frames would give."""
+        if (pixel_values is None) == (vision_features is None):
+            raise ValueError("give either pixel_values or vision_features")
+        hidden = self.tower_features(pixel_values, cache) if vision_features is None else vision_features
         tokens = self.projector(hidden.to(self.projector.linear_1.weight.dtype))
         return pool_patches(tokens, self.config.pool_stride).flatten(1, 2)
 
-    def embed_inputs(self, input_ids: Tensor, pixel_values: Tensor | None = None) -> Tensor:
+    def embed_inputs(
+        self, input_ids: Tensor, pixel_values: Tensor | None = None, vision_features: Tensor | None = None
+    ) -> Tensor:
         """The LM's input embeddings [B, L, H] with the video's tokens at the placeholders."""
         if self.config.video_token_id is None:
             raise ValueError("config.video_token_id is not set: build the model with from_parts(..., tokenizer)")
         slots = input_ids == self.config.video_token_id
         embeds = self.get_input_embeddings()(input_ids)
-        if pixel_values is None:
+        if pixel_values is None and vision_features is None:
             if slots.any():
                 raise ValueError("the prompt holds video placeholders but no frames were given")
             return embeds
-        visual = self.encode_video(pixel_values)
+        visual = self.encode_video(pixel_values, vision_features=vision_features)
         counts = slots.sum(dim=1)
         if (counts != visual.shape[1]).any():
+            frames = visual.shape[1] // self.config.tokens_per_frame
             raise ValueError(
-                f"each sequence needs {visual.shape[1]} video placeholders ({pixel_values.shape[1]} frames x "
+                f"each sequence needs {visual.shape[1]} video placeholders ({frames} frames x "
                 f"{self.config.tokens_per_frame}), got {counts.tolist()}: expand them with expand_placeholder"
             )
         return embeds.masked_scatter(slots[..., None], visual.to(embeds.dtype))
@@ -213,16 +228,22 @@ class StreamFormerForVideoQA(PreTrainedModel):
         pixel_values: Tensor | None = None,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
+        vision_features: Tensor | None = None,
         **lm_kwargs,
     ):
         """The LM's output (loss when `labels` are given: -100 where nothing is to be learned)."""
-        embeds = self.embed_inputs(input_ids, pixel_values)
+        embeds = self.embed_inputs(input_ids, pixel_values, vision_features)
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
 
     @torch.no_grad()
     def generate(
-        self, input_ids: Tensor, pixel_values: Tensor | None = None, attention_mask: Tensor | None = None, **kwargs
+        self,
+        input_ids: Tensor,
+        pixel_values: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        vision_features: Tensor | None = None,
+        **kwargs,
     ) -> Tensor:
         """The LM's `generate` on the spliced embeddings; returns the new tokens only."""
-        embeds = self.embed_inputs(input_ids, pixel_values)
+        embeds = self.embed_inputs(input_ids, pixel_values, vision_features)
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)

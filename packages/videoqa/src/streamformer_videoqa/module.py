@@ -75,7 +75,9 @@ class VideoQATraining(L.LightningModule):
 
     def summed_loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """(summed cross-entropy of the batch's answer tokens, their count)."""
-        logits = self.model(batch["input_ids"], batch.get("pixel_values"), attention_mask=batch["attention_mask"]).logits
+        logits = self.model(
+            batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"], vision_features=batch.get("vision_features")
+        ).logits
         labels = batch["labels"][:, 1:]
         summed = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
         return summed, (labels != IGNORE).sum()
@@ -109,6 +111,10 @@ class VideoQATraining(L.LightningModule):
         return summed * self.trainer.world_size / count
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if batch["skipped"]:
+            self.log("data/val_skipped", float(batch["skipped"]), reduce_fx="sum", on_epoch=True, batch_size=1)
+        if "input_ids" not in batch:  # every item skipped (no gradients here: nothing to keep in step)
+            return
         self.log("val/loss", self(batch), on_epoch=True, batch_size=len(batch["input_ids"]), sync_dist=True)
 
     def configure_optimizers(self):

@@ -11,6 +11,10 @@
 * `questions_<split>.json`: the questions for `evaluate` (options "A. ...", answer letter).
 
 Videos are whole (6 s); the world's question times (for streaming QA) are kept in each item.
+
+`initial_model` joins a pretrained backbone and a tiny LM over the world's words (a 2-layer Qwen2
+from config); `streamformer-videoqa synthetic` writes the data files and that model's folder for
+the `configs/videoqa/synthetic-tiny*.yaml` recipes.
 """
 
 from __future__ import annotations
@@ -23,10 +27,14 @@ import string
 from pathlib import Path
 from typing import Any
 
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
+
+from streamformer import StreamFormerVisionModel
 
 from .evaluate import MC_INSTRUCTION
+from .model import StreamFormerForVideoQA
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<video>"]
 # A minimal ChatML-like template: each turn is its role, its text and an end token.
@@ -93,3 +101,44 @@ def convert_world(root: str | os.PathLike, out_dir: str | os.PathLike) -> dict[s
             written[name] = out / f"{name}.json"
             written[name].write_text(json.dumps(items, indent=1))
     return written
+
+
+def tiny_language_model(vocab_size: int, seed: int):
+    """A 2-layer Qwen2 (hidden 64) from config, random at `seed`."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, rope_parameters={"rope_theta": 10000.0, "rope_type": "default"},
+        pad_token_id=0, bos_token_id=None, eos_token_id=3, tie_word_embeddings=False,
+    )  # fmt: skip
+    return AutoModelForCausalLM.from_config(config)
+
+
+def initial_model(
+    world: str | os.PathLike, backbone: str | os.PathLike, seed: int = 0, gates_off: bool = False
+) -> tuple[StreamFormerForVideoQA, PreTrainedTokenizerFast]:
+    """The untrained video QA model of the world (its projector random) and the world tokenizer.
+
+    `gates_off` sets every temporal gate of the backbone to 0 (each frame encoded alone)."""
+    tokenizer = world_tokenizer(world)
+    tower = StreamFormerVisionModel.from_pretrained(backbone)
+    if gates_off:
+        tower.disable_temporal()
+    return StreamFormerForVideoQA.from_parts(tower, tiny_language_model(len(tokenizer), seed), tokenizer), tokenizer
+
+
+def write_synthetic(world: str, backbone: str, output: str, seed: int = 0) -> None:
+    """The synthetic world as video QA: the data files (`<output>/data/`) and the untrained model
+    with its tokenizer (`<output>/init/`), for `configs/videoqa/synthetic-tiny*.yaml`.
+
+    Args:
+        world: the synthetic world (`streamformer synthetic`).
+        backbone: the pretrained backbone folder (`make demo` exports runs/pretrain-tiny/backbone).
+        output: the folder to write.
+        seed: the LM's initialisation.
+    """
+    files = convert_world(world, Path(output) / "data")
+    model, tokenizer = initial_model(world, backbone, seed)
+    model.save_pretrained(Path(output) / "init")
+    tokenizer.save_pretrained(Path(output) / "init")
+    print(f"wrote {len(files)} data files to {Path(output) / 'data'} and the model to {Path(output) / 'init'}")
