@@ -45,7 +45,7 @@ def test_build_fit_export(tokenizer, tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(items))
     main([
         "fit", "--model.model", str(tmp_path / "init"), "--model.stage", "lora", "--model.lr", "1e-3",
-        "--data.train_file", str(tmp_path / "train.json"), "--data.media_root", str(tmp_path), "--data.num_frames", "2",
+        "--data.train_file", str(tmp_path / "train.json"), "--data.media_root", str(tmp_path), "--data.clip_length", "2",
         "--data.batch_size", "3", "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
         "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false",
     ])  # fmt: skip

@@ -122,7 +122,7 @@ def test_precomputed_tower_features_stand_in_for_the_frames(video_tokenizer, tmp
         for name, answer in (("a", "red"), ("b", "blue"), ("gone", "red"))
     ]
     (tmp_path / "items.json").write_text(json.dumps(items))
-    features = precompute_features(model, [item["video"] for item in items], tmp_path, num_frames=3, batch_size=1)
+    features = precompute_features(model, [item["video"] for item in items], tmp_path, clip_length=3, batch_size=1)
     assert sorted(features) == ["a.mp4", "b.mp4"] and features["a.mp4"].shape == (3, 16, 32)  # the unreadable one left out
     options = MediaOptions(3, 32, model.config.tokens_per_frame)
     from_frames = ConversationDataset(tmp_path / "items.json", tmp_path, tok, options=options)

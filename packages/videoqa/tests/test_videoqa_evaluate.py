@@ -47,7 +47,7 @@ def test_evaluate_command_writes_every_reply(tokenizer, tmp_path, capsys):
     ]
     (tmp_path / "items.json").write_text(json.dumps(items))
     main(["evaluate", "--model", str(tmp_path / "m"), "--items", str(tmp_path / "items.json"), "--media_root", str(tmp_path),
-          "--output", str(tmp_path / "out" / "eval"), "--num_frames", "2", "--device", "cpu"])  # fmt: skip
+          "--output", str(tmp_path / "out" / "eval"), "--clip_length", "2", "--device", "cpu"])  # fmt: skip
     replies = [json.loads(line) for line in (tmp_path / "out" / "eval.jsonl").read_text().splitlines()]
     assert [r["id"] for r in replies] == ["q1", "q2", "q3"] and all(isinstance(r["reply"], str) for r in replies[:2])
     assert [r["right"] for r in replies[:2]] == [

@@ -25,7 +25,7 @@ def test_demo_runs_every_variant_and_reports_the_spread(world, tmp_path):
 
     tiny_model().save_pretrained(tmp_path / "backbone")
     summary = run_seeds(str(tmp_path / "backbone"), str(world), str(tmp_path / "runs"), str(tmp_path / "report.md"),
-                        seeds=[0], num_frames=2, caption_epochs=1, qa_epochs=1, batch_size=8)  # fmt: skip
+                        seeds=[0], clip_length=2, caption_epochs=1, qa_epochs=1, batch_size=8)  # fmt: skip
     questions = json.loads((world / "qa/val.json").read_text())
     report = (tmp_path / "report.md").read_text()
     for variant in VARIANTS:
@@ -78,7 +78,7 @@ def test_synthetic_recipes_run_as_written(world, tmp_path, monkeypatch, capsys):
         main(["fit", "--config", str(configs / config), "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"])
         main(["export", "--checkpoint", str(out / stage / "checkpoints/last.ckpt"), "--output", str(out / stage / "model")])
     main(["evaluate", "--model", str(out / "stage3/model"), "--items", str(out / "data/questions_val.json"),
-          "--media_root", "runs/world", "--num_frames", "8", "--output", str(out / "eval"), "--device", "cpu"])  # fmt: skip
+          "--media_root", "runs/world", "--clip_length", "8", "--output", str(out / "eval"), "--device", "cpu"])  # fmt: skip
     table = json.loads((out / "eval.json").read_text())
     assert table["multiple choice"]["items"] == len(json.loads((world / "qa/val.json").read_text()))
     assert table["multiple choice"]["unreadable"] == 0

@@ -61,7 +61,7 @@ def export(checkpoint: str, output: str) -> None:
     print(f"wrote {output}")
 
 
-def evaluate(model: str, items: str, media_root: str, output: str, num_frames: int = 16, device: str | None = None) -> dict:
+def evaluate(model: str, items: str, media_root: str, output: str, clip_length: int = 16, device: str | None = None) -> dict:
     """Answer every item (multiple choice by option letter, open answers by exact match); write
     the replies (`<output>.jsonl`) and the accuracy table (`<output>.json`), and print the table.
 
@@ -70,7 +70,7 @@ def evaluate(model: str, items: str, media_root: str, output: str, num_frames: i
         items: JSON list of questions (see `streamformer_videoqa.evaluate`).
         media_root: the folder the items' video paths are relative to.
         output: path stem of the two result files.
-        num_frames: uniformly sampled frames per video.
+        clip_length: uniformly sampled frames per video.
         device: where the model runs (default: CUDA when available).
     """
     import json
@@ -85,7 +85,7 @@ def evaluate(model: str, items: str, media_root: str, output: str, num_frames: i
     device = default_device(device)
     net = StreamFormerForVideoQA.from_pretrained(model).to(device)
     questions = json.loads(Path(items).read_text())
-    table = write_results(answer_items(net, AutoTokenizer.from_pretrained(model), questions, media_root, num_frames), output)
+    table = write_results(answer_items(net, AutoTokenizer.from_pretrained(model), questions, media_root, clip_length), output)
     for kind, row in table.items():
         chance = f", chance {row['chance']:.3f}" if "chance" in row else ""
         print(f"{kind}: accuracy {row['accuracy']:.3f} over {row['items']} items{chance}")

@@ -119,7 +119,7 @@ def _template(tokenizer, messages: list[dict[str, str]], generation_prompt: bool
 
 @dataclass(frozen=True)
 class MediaOptions:
-    num_frames: int = 16  # uniformly sampled frames of a video (an image is one frame)
+    clip_length: int = 16  # uniformly sampled frames of a video (an image is one frame)
     image_size: int = 224
     tokens_per_frame: int = 49
 
@@ -129,7 +129,7 @@ def precompute_features(
     model: StreamFormerForVideoQA,
     media: Iterable[str],
     media_root: str | os.PathLike,
-    num_frames: int,
+    clip_length: int,
     batch_size: int = 16,
 ) -> dict[str, Tensor]:
     """The frozen tower's features [T, N, D] of every video in `media` (paths under `media_root`),
@@ -148,7 +148,7 @@ def precompute_features(
 
     for path in tqdm(sorted(set(media)), desc="tower features", unit="video", disable=None):
         try:
-            clips.append((path, load_clip(Path(media_root) / path, num_frames, size)))
+            clips.append((path, load_clip(Path(media_root) / path, clip_length, size)))
         except VideoReadError as error:
             logger.warning("no features for %s: %s", path, error)
         if len(clips) == batch_size:
@@ -201,7 +201,7 @@ class ConversationDataset(Dataset):
         visual: dict[str, Tensor | None] = {"pixel_values": None}
         media = item.get("video") or item.get("image")
         if media is not None:
-            frames = 1 if "image" in item else self.options.num_frames
+            frames = 1 if "image" in item else self.options.clip_length
             count = frames * self.options.tokens_per_frame
             at = ids.index(self.video_token_id)
             ids = expand_placeholder(ids, self.video_token_id, count)

@@ -53,7 +53,7 @@ def train_stage(folder: Path, stage: str, data: ConversationDataset, epochs: int
 
 
 def run_variant(
-    variant: str, backbone: str, files: dict[str, Path], world: Path, output: Path, seed: int, num_frames: int,
+    variant: str, backbone: str, files: dict[str, Path], world: Path, output: Path, seed: int, clip_length: int,
     caption_epochs: int, qa_epochs: int, batch_size: int, features: dict[str, dict[str, Tensor]],
 ) -> dict[str, Any]:  # fmt: skip
     """Train and evaluate one variant; `features` holds each tower variant's video features
@@ -65,8 +65,8 @@ def run_variant(
     if variant != "text only" and variant not in features:
         names = ("captions_train", "qa_train", "questions_val")
         videos = [item["video"] for name in names for item in json.loads(files[name].read_text())]
-        features[variant] = precompute_features(model, videos, world, num_frames)
-    options = MediaOptions(num_frames, model.config.vision_config.image_size, model.config.tokens_per_frame)
+        features[variant] = precompute_features(model, videos, world, clip_length)
+    options = MediaOptions(clip_length, model.config.vision_config.image_size, model.config.tokens_per_frame)
     dataset = functools.partial(
         ConversationDataset, media_root=world, tokenizer=tokenizer, options=options, features=features.get(variant)
     )
@@ -88,7 +88,7 @@ def run_variant(
     if variant == "text only":
         items = [{k: v for k, v in item.items() if k != "video"} for item in items]
     trained = StreamFormerForVideoQA.from_pretrained(folder / "stage3")
-    answers = answer_items(trained, tokenizer, items, world, num_frames, max_new_tokens=2, features=features.get(variant))
+    answers = answer_items(trained, tokenizer, items, world, clip_length, max_new_tokens=2, features=features.get(variant))
     return write_results(answers, folder / "answers")
 
 
@@ -104,7 +104,7 @@ def run_seeds(
     output: str = "runs/videoqa",
     report: str = "docs/videoqa/synthetic.md",
     seeds: list[int] = [0, 1, 2],  # noqa: B006 (jsonargparse reads the default)
-    num_frames: int = 8,
+    clip_length: int = 8,
     caption_epochs: int = 1,
     qa_epochs: int = 4,
     batch_size: int = 16,
@@ -116,7 +116,7 @@ def run_seeds(
         world: the synthetic world.
         output: runs go to `<output>/seed<S>/<variant>/` (a seed already evaluated is reused).
         report: the Markdown table (and `.json` beside it).
-        num_frames: uniformly sampled frames per video.
+        clip_length: uniformly sampled frames per video.
         caption_epochs, qa_epochs: epochs of stage 1 and stage 3.
     """
     world_path = Path(world)
@@ -127,7 +127,7 @@ def run_seeds(
         for variant in VARIANTS:
             done = Path(output) / f"seed{seed}" / variant_folder(variant) / "answers.json"
             table = json.loads(done.read_text()) if done.exists() else run_variant(
-                variant, backbone, files, world_path, Path(output) / f"seed{seed}", seed, num_frames, caption_epochs,
+                variant, backbone, files, world_path, Path(output) / f"seed{seed}", seed, clip_length, caption_epochs,
                 qa_epochs, batch_size, features,
             )  # fmt: skip
             accuracy[variant].append(table["multiple choice"]["accuracy"])
@@ -136,7 +136,7 @@ def run_seeds(
         "# Synthetic video QA: what the video and the temporal branch add",
         "",
         f"Produced by `make videoqa-demo` (`streamformer-videoqa demo`); seeds {seeds}, held-out questions of the",
-        f"synthetic world's val videos (four options: chance 0.25), {num_frames} frames per video, stage 1 {caption_epochs}",
+        f"synthetic world's val videos (four options: chance 0.25), {clip_length} frames per video, stage 1 {caption_epochs}",
         f"epoch(s) on captions, stage 3 {qa_epochs} epochs on questions. Float results vary between machines.",
         "",
         "| model | accuracy (mean ± std) | per seed |",

@@ -7,7 +7,7 @@ An item of the JSON list:
      "options": ["A. walking", "B. running", ...], "answer": "B"}       # multiple choice
     {"id": "q2", "video": "clips/v2.mp4", "question": "...", "answer": "walks left"}   # open
 
-Frames: `num_frames` uniformly sampled (16 as VideoMME / MLVU are run). Multiple-choice prompts end
+Frames: `clip_length` uniformly sampled (16 as VideoMME / MLVU are run). Multiple-choice prompts end
 with "Answer with the option's letter from the given choices directly." Decoding is greedy, at
 most 16 new tokens. The letter is read off the reply by `option_letter`; an open answer is right
 when it equals the reference after `normalise`.
@@ -74,12 +74,12 @@ def answer_items(
     tokenizer,
     items: list[dict[str, Any]],
     media_root: str | os.PathLike,
-    num_frames: int = 16,
+    clip_length: int = 16,
     max_new_tokens: int = 16,
     features: Mapping[str, torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Each item with its "reply" and whether it is "right". With `features`
-    (`data.precompute_features` of these videos at `num_frames`), the tower is not run again."""
+    (`data.precompute_features` of these videos at `clip_length`), the tower is not run again."""
     model.eval()
     video_token = tokenizer.convert_ids_to_tokens(model.config.video_token_id)
     size = model.config.vision_config.image_size
@@ -90,12 +90,12 @@ def answer_items(
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         visual = {}
         if "video" in item:  # without one, the question alone (the text-only baseline)
-            ids = expand_placeholder(ids, model.config.video_token_id, num_frames * model.config.tokens_per_frame)
+            ids = expand_placeholder(ids, model.config.video_token_id, clip_length * model.config.tokens_per_frame)
             try:
                 visual = (
                     {"vision_features": features[item["video"]][None].to(model.device)}
                     if features is not None and item["video"] in features
-                    else {"pixel_values": load_clip(Path(media_root) / item["video"], num_frames, size)[None]}
+                    else {"pixel_values": load_clip(Path(media_root) / item["video"], clip_length, size)[None]}
                 )
             except VideoReadError as error:  # counted as a wrong answer and named, never a crash
                 results.append({**item, "reply": None, "right": False, "error": str(error)})

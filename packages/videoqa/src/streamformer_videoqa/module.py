@@ -147,7 +147,7 @@ class VideoQADataModule(L.LightningDataModule):
         train_file, val_file: LLaVA-style JSON lists (`data.read_items`).
         media_root: the folder their `video` / `image` paths are relative to.
         style: "plain" (stage 1) or "chat".
-        num_frames: uniformly sampled frames per video.
+        clip_length: frames sampled uniformly from each video (an image is one frame).
         max_length: longest sequence kept (longer items are skipped and counted, never cut);
             default: the tokenizer's `model_max_length`.
     """
@@ -159,7 +159,7 @@ class VideoQADataModule(L.LightningDataModule):
         media_root: str,
         val_file: str | None = None,
         style: PromptStyle = "chat",
-        num_frames: int = 16,
+        clip_length: int = 16,
         max_length: int | None = None,
         batch_size: int = 4,
         num_workers: int = 0,
@@ -171,7 +171,7 @@ class VideoQADataModule(L.LightningDataModule):
         config = StreamFormerVideoQAConfig.from_pretrained(model)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         video_token = self.tokenizer.convert_ids_to_tokens(config.video_token_id)
-        options = MediaOptions(num_frames, config.vision_config.image_size, config.tokens_per_frame)
+        options = MediaOptions(clip_length, config.vision_config.image_size, config.tokens_per_frame)
         make = functools.partial(
             ConversationDataset, media_root=media_root, tokenizer=self.tokenizer, video_token=video_token,
             style=style, options=options, max_length=max_length,
