@@ -225,11 +225,12 @@ def score_probe(task: str, reply: str | None, answer: str) -> bool:
 
 
 class Outcome(NamedTuple):
-    """One scored unit: a multiple-choice question or a forward probe."""
+    """One scored unit: a multiple-choice question or a forward probe. `correct` is its credit:
+    True / False, or a probability (what guessing scores, for the chance row)."""
 
     category: str
     task: str
-    correct: bool
+    correct: bool | float
 
 
 def outcomes(question: TimedQuestion, replies: str | Sequence[str | None] | None) -> list[Outcome]:
@@ -260,10 +261,10 @@ class Scores:
 
 def aggregate(results: Iterable[Outcome]) -> Scores:
     """OVO-Bench's aggregation: each task weighs the same within its category, each category the same overall."""
-    counts: dict[str, list[int]] = {}
+    counts: dict[str, list[float]] = {}
     members: dict[str, list[str]] = {}
     for category, task, correct in results:
-        counts.setdefault(task, [0, 0])[0] += int(correct)
+        counts.setdefault(task, [0, 0])[0] += float(correct)
         counts[task][1] += 1
         if task not in members.setdefault(category, []):
             members[category].append(task)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,7 +182,9 @@ class StreamingSession:
                 self._check_room(len(memory), "the memory")
                 self.lm.append(memory[None].to(self.lm_dtype))
             ids = self._ids(f"\n{question}{self._close}")
-            self._check_room(len(ids) + self.max_new_tokens, f"question {id or question[:40]!r}")
+            # Room for the question, the longest answer and the reopening of the user turn after it.
+            closing = len(self._ids(self.tokenizer.eos_token + self._reopen)) if self.policy.frames_in_cache else 0
+            self._check_room(len(ids) + self.max_new_tokens + closing, f"question {id or question[:40]!r}")
             logits = self.lm.append(self._embed(ids))
             answer.prefill_s = time.perf_counter() - start
             reply = self.lm.generate(logits, self.max_new_tokens, self.stop_ids)
@@ -268,11 +270,15 @@ def folder_frames(folder: str | os.PathLike, fps: float) -> Iterator[tuple[float
 
 
 def run_stream(
-    session: StreamingSession, frames: Iterable[tuple[float, Tensor | np.ndarray]], questions: Sequence[dict[str, Any]]
+    session: StreamingSession,
+    frames: Iterable[tuple[float, Tensor | np.ndarray]],
+    questions: Sequence[dict[str, Any]],
+    on_frame: Callable[[StreamingSession], None] | None = None,
 ) -> tuple[list[Answer], list[float]]:
     """Feed `frames` and answer each question (`{"id", "time_s", "question", ["options"]}`) once the
     stream reaches its time, from the frames up to it; questions after the last frame are answered
     at the end (`after_end`). Returns the answers in question order and each frame's seconds.
+    `on_frame(session)` is called after each frame (e.g. to track what the caches hold).
 
     When the LM's context fills (the `full` policy), the stream stops there: the questions left
     are answered with that error."""
@@ -302,6 +308,8 @@ def run_stream(
             latencies.append(session.add_frame(frame, time_s))
         except ContextFull as error:
             stopped = str(error)
+        if on_frame is not None:
+            on_frame(session)
     while next_q is not None:  # asked after the last frame (or after the context filled)
         answers[next_q] = answer(next_q, after_end=stopped is None)
         next_q = next(pending, None)

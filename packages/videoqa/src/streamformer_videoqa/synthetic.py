@@ -32,6 +32,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
 from streamformer import StreamFormerVisionModel
+from streamformer.synthetic.streams import EXTRA_WORDS as STREAM_WORDS
 
 from .evaluate import MC_INSTRUCTION
 from .model import StreamFormerForVideoQA
@@ -49,7 +50,8 @@ def world_tokenizer(root: str | os.PathLike) -> PreTrainedTokenizerFast:
     letters, punctuation and the prompt's words, with a chat template and the `<video>`
     placeholder. Case is kept: the option letter "A" is not the article "a"."""
     vocabulary = json.loads((Path(root) / "world.json").read_text())["vocabulary"]
-    words = [word for word in vocabulary["words"] for word in (word, word.capitalize())]
+    # The streams' questions (now, first, yes / no) use a few words the world's captions lack.
+    words = [word for word in (*vocabulary["words"], *STREAM_WORDS) for word in (word, word.capitalize())]
     split = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     prompt = [piece for piece, _ in split.pre_tokenize_str(MC_INSTRUCTION)]
     tokens = [*SPECIAL_TOKENS, *words, *string.ascii_uppercase[:8], *string.punctuation, "user", "assistant", *prompt]
@@ -104,11 +106,12 @@ def convert_world(root: str | os.PathLike, out_dir: str | os.PathLike) -> dict[s
 
 
 def tiny_language_model(vocab_size: int, seed: int):
-    """A 2-layer Qwen2 (hidden 64) from config, random at `seed`."""
+    """A 2-layer Qwen2 (hidden 64) from config, random at `seed`; a 2,048-token context (a minute
+    of streamed frames at 1 fps holds 960 visual tokens)."""
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, rope_parameters={"rope_theta": 10000.0, "rope_type": "default"},
+        num_key_value_heads=2, max_position_embeddings=2048, rope_parameters={"rope_theta": 10000.0, "rope_type": "default"},
         pad_token_id=0, bos_token_id=None, eos_token_id=3, tie_word_embeddings=False,
     )  # fmt: skip
     return AutoModelForCausalLM.from_config(config)

@@ -1,0 +1,268 @@
+"""The memory benchmark (`streamformer-videoqa bench-memory`): every memory policy on the same
+timed questions of the same streams, timed side by side.
+
+For each stream (by default the synthetic world's 1-, 10- and 60-minute streams of
+`streamformer.synthetic.streams`) and each policy, one `StreamingSession` watches the whole
+stream and answers each question at its time: a multiple-choice question once, a forward
+question once per probe (yes / no at each probe time). Reported per policy:
+
+* accuracy per category (backward / real-time / forward) by OVO-Bench's aggregation (per task,
+  then the mean of each category's tasks, then the mean of the categories), chance beside it;
+* tokens kept (the LM cache plus a policy's own memory; the most over the stream), the peak bytes
+  of both caches, per-frame latency, and per-answer latency (time to the first answer token);
+* how each grows with the stream's length, and the per-frame cost of the longest stream over the
+  shortest (bounded policies should stay flat: at most 1.2).
+
+Questions the LM's context cannot take (the `full` policy on long streams) count as wrong and are
+counted in `unanswered`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .benchmarks import CATEGORIES, Outcome, TimedQuestion, aggregate, outcomes, read_ovo_bench
+from .memory import build_policy
+from .model import StreamFormerForVideoQA
+from .session import StreamingSession, run_stream, video_frames
+
+FLAT_RATIO = 1.2  # per-frame cost, longest stream over shortest, that a bounded policy must stay within
+
+
+def questions_to_ask(question: TimedQuestion) -> list[dict[str, Any]]:
+    """The asks of one question: a multiple-choice question at its time (options lettered), or a
+    forward question at each probe time."""
+    if question.probes is None:
+        letters = string.ascii_uppercase
+        options = [f"{letters[i]}. {option}" for i, option in enumerate(question.options)]
+        return [{"id": question.id, "time_s": question.time_s, "question": question.question, "options": options}]
+    return [
+        {
+            "id": f"{question.id}/{k}",
+            "time_s": probe.time_s,
+            "question": question.question + (f" {probe.step}" if probe.step else ""),
+        }
+        for k, probe in enumerate(question.probes)
+    ]
+
+
+def chance_outcomes(question: TimedQuestion) -> list[Outcome]:
+    """What guessing scores on each unit: 1 / options, or one half for a yes / no probe."""
+    if question.probes is None:
+        return [Outcome(question.category, question.task, 1 / len(question.options))]
+    return [Outcome(question.category, question.task, 0.5) for _ in question.probes]
+
+
+def run_policy(
+    model: StreamFormerForVideoQA,
+    tokenizer,
+    policy: str,
+    budgets: dict[str, Any],
+    video: str | os.PathLike,
+    questions: list[TimedQuestion],
+    fps: float,
+    vision_window: int | None,
+    max_new_tokens: int,
+) -> dict[str, Any]:
+    """One policy over one stream: its outcomes and its costs."""
+    session = StreamingSession(model, tokenizer, build_policy(policy, **budgets), vision_window, max_new_tokens)
+    asks = [ask for question in questions for ask in questions_to_ask(question)]
+    peak = {"tokens": 0, "bytes": 0}
+
+    def track(stream: StreamingSession) -> None:
+        stats = stream.stats()
+        peak["tokens"] = max(peak["tokens"], stats["lm_tokens"] + stats["memory_tokens"])
+        peak["bytes"] = max(peak["bytes"], stats["lm_bytes"] + stats["vision_bytes"])
+
+    answers, latencies = run_stream(
+        session, video_frames(video, fps, model.config.vision_config.image_size), asks, on_frame=track
+    )
+    replies = {answer.id: answer for answer in answers}
+    results: list[Outcome] = []
+    for question in questions:
+        got = [replies[ask["id"]].reply for ask in questions_to_ask(question)]
+        results += outcomes(question, got[0] if question.probes is None else got)
+    answered = [a for a in answers if a.error is None]
+    return {
+        "outcomes": results,
+        "frames": len(latencies),
+        "frame_ms": 1000 * sum(latencies) / max(1, len(latencies)),
+        "first_token_ms": 1000 * sum(a.prefill_s for a in answered) / max(1, len(answered)),
+        "answer_ms": 1000 * sum(a.answer_s for a in answered) / max(1, len(answered)),
+        "unanswered": len(answers) - len(answered),
+        "asks": len(answers),
+        "peak_tokens": peak["tokens"],
+        "peak_mib": peak["bytes"] / 2**20,
+    }
+
+
+def bench_memory(
+    model: str,
+    streams: str,
+    world: str | None = None,
+    minutes: list[float] = [1, 10, 60],  # noqa: B006 (jsonargparse reads the default)
+    output: str = "docs/videoqa/memory.md",
+    policies: dict[str, dict[str, Any]] | None = None,
+    fps: float = 1.0,
+    vision_window: int | None = 256,
+    max_new_tokens: int = 4,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Run every policy on every stream's questions; write the tables (`output`), the figures
+    (`.json` beside it) and a plot (`.png`).
+
+    Args:
+        model: a video QA model folder (its tokenizer inside), e.g. `make videoqa-demo`'s.
+        streams: a folder of streams and OVO-layout items (`streamformer.synthetic.streams.write_streams`:
+            `items.json`, `videos/`), or OVO-Bench's own (`items.json` with videos by relative path).
+        world: a synthetic world to write the streams from when `streams` has no `items.json` yet.
+        minutes: the lengths of the streams written from `world`.
+        policies: {name: budgets}; default: every policy at its defaults.
+        fps: frames per second taken from the streams.
+        vision_window: the backbone's temporal window, in frames.
+        max_new_tokens: longest answer (a letter or yes / no).
+        device: where the model runs (default: CUDA when available).
+    """
+    from transformers import AutoTokenizer
+
+    from streamformer.checkpoints import default_device
+
+    policies = policies or {name: {} for name in ("full", "recent", "streamingvlm", "streamforest")}
+    net = StreamFormerForVideoQA.from_pretrained(model).to(default_device(device)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    root = Path(streams)
+    if not (root / "items.json").exists():
+        if world is None:
+            raise FileNotFoundError(f"{root / 'items.json'} not found (give --world to write synthetic streams there)")
+        from streamformer.synthetic.streams import write_streams
+
+        write_streams(world, root, tuple(minutes))
+    questions = read_ovo_bench(root / "items.json")
+    by_video: dict[str, list[TimedQuestion]] = defaultdict(list)
+    for question in questions:
+        by_video[question.video].append(question)
+    runs: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in policies}
+    for video, asked in sorted(by_video.items(), key=lambda kv: _minutes(root, kv[0])):
+        for name, budgets in policies.items():
+            print(f"{name} on {video} ({len(asked)} questions)", flush=True)
+            runs[name][video] = run_policy(net, tokenizer, name, budgets, root / video, asked, fps, vision_window, max_new_tokens)
+    report = summarise(runs, questions, root, policies, fps)
+    write_report(report, output)
+    return report
+
+
+def _minutes(root: Path, video: str) -> float:
+    from streamformer.video import video_info
+
+    return video_info(root / video).duration / 60
+
+
+def summarise(runs, questions, root: Path, policies, fps: float) -> dict[str, Any]:
+    chance = aggregate(o for q in questions for o in chance_outcomes(q))
+    rows = {}
+    for name, per_video in runs.items():
+        scores = aggregate(o for run in per_video.values() for o in run["outcomes"])
+        lengths = sorted(per_video, key=lambda v: _minutes(root, v))
+        growth = [
+            {"video": v, "minutes": round(_minutes(root, v), 2), **{k: per_video[v][k] for k in (
+                "frames", "frame_ms", "first_token_ms", "answer_ms", "peak_tokens", "peak_mib", "unanswered", "asks")},
+             "accuracy": aggregate(per_video[v]["outcomes"]).overall}
+            for v in lengths
+        ]  # fmt: skip
+        ratio = growth[-1]["frame_ms"] / growth[0]["frame_ms"] if len(growth) > 1 and growth[0]["frame_ms"] else None
+        rows[name] = {"budgets": policies[name], "categories": scores.categories, "overall": scores.overall,
+                      "growth": growth, "frame_ms_ratio": ratio}  # fmt: skip
+    return {"fps": fps, "chance": {"categories": chance.categories, "overall": chance.overall}, "policies": rows}
+
+
+def write_report(report: dict[str, Any], output: str) -> None:
+    categories = [c for c in CATEGORIES if c in report["chance"]["categories"]]
+    lines = [
+        "# Streaming video QA: memory policies side by side",
+        "",
+        "Produced by `streamformer-videoqa bench-memory` (`make streaming-qa-demo`). Every policy watched the same",
+        f"streams at {report['fps']:g} fps and answered the same questions at their times. Accuracy is OVO-Bench's",
+        "aggregation (per task, then per category, then the mean of the categories). A question the LM's context",
+        "could not take counts as wrong (`unanswered`). Timings are one CPU run: compare them within the table.",
+        "",
+        "| policy | " + " | ".join(categories) + " | overall | most tokens kept | peak cache MiB | unanswered |",
+        "|---|" + "---|" * (len(categories) + 4),
+        "| chance | "
+        + " | ".join(f"{report['chance']['categories'][c]:.3f}" for c in categories)
+        + f" | {report['chance']['overall']:.3f} | | | |",
+    ]
+    for name, row in report["policies"].items():
+        cells = " | ".join(f"{row['categories'].get(c, float('nan')):.3f}" for c in categories)
+        tokens = max(g["peak_tokens"] for g in row["growth"])
+        mib = max(g["peak_mib"] for g in row["growth"])
+        unanswered = sum(g["unanswered"] for g in row["growth"])
+        asks = sum(g["asks"] for g in row["growth"])
+        lines.append(f"| {name} | {cells} | {row['overall']:.3f} | {tokens} | {mib:.2f} | {unanswered} of {asks} |")
+    lines += [
+        "",
+        "## Growth with the stream's length",
+        "",
+        "| policy | stream (min) | frames | ms per frame | ms to first answer token | ms per answer | tokens kept | "
+        "peak cache MiB | accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in report["policies"].items():
+        for g in row["growth"]:
+            lines.append(
+                f"| {name} | {g['minutes']:g} | {g['frames']} | {g['frame_ms']:.2f} | {g['first_token_ms']:.1f} | "
+                f"{g['answer_ms']:.1f} | {g['peak_tokens']} | {g['peak_mib']:.2f} | {g['accuracy']:.3f} |"
+            )
+    lines += ["", f"Per-frame cost of the longest stream over the shortest (flat: at most {FLAT_RATIO}):", ""]
+    for name, row in report["policies"].items():
+        ratio = row["frame_ms_ratio"]
+        if ratio is None:
+            lines.append(f"- {name}: one stream length only")
+            continue
+        full_stop = row["growth"][-1]["unanswered"] > 0 and name == "full"
+        verdict = "flat" if ratio <= FLAT_RATIO else "grows"
+        note = " (stopped when the LM's context filled)" if full_stop else ""
+        lines.append(f"- {name}: {ratio:.2f}, {verdict}{note}")
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    plot_report(report, path.with_suffix(".png"))
+    print("\n".join(lines))
+
+
+def plot_report(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["policies"])
+    categories = [c for c in CATEGORIES if c in report["chance"]["categories"]]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        values = [report["policies"][name]["categories"].get(c, 0.0) for c in categories]
+        axes[0].bar([k + i * width for k in range(len(categories))], values, width, label=name)
+    for k, c in enumerate(categories):
+        axes[0].hlines(report["chance"]["categories"][c], k - width / 2, k + 0.8 - width / 2, colors="k", linestyles="dashed")
+    axes[0].set_xticks([k + 0.4 - width / 2 for k in range(len(categories))], categories)
+    axes[0].set_ylabel("accuracy (dashed: chance)")
+    axes[0].legend()
+    for name in names:
+        growth = report["policies"][name]["growth"]
+        minutes = [g["minutes"] for g in growth]
+        axes[1].plot(minutes, [g["frame_ms"] for g in growth], marker="o", label=name)
+        axes[2].plot(minutes, [g["peak_tokens"] for g in growth], marker="o", label=name)
+    for axis, label in ((axes[1], "ms per frame"), (axes[2], "most tokens kept")):
+        axis.set_xscale("log")
+        axis.set_xlabel("stream length (minutes)")
+        axis.set_ylabel(label)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
