@@ -41,8 +41,8 @@ def test_convert_siglip_and_original(tmp_path, capsys):
 
 @torch.no_grad()
 def test_encode_clip_and_stream_agree(model_dir, tmp_path):
-    video = counter_video(tmp_path / "v.mp4", num_frames=20, fps=10)
-    main(["encode", str(video), str(model_dir), str(tmp_path / "clip.safetensors"), "--num_frames", "4"])
+    video = counter_video(tmp_path / "v.mp4", frame_count=20, fps=10)
+    main(["encode", str(video), str(model_dir), str(tmp_path / "clip.safetensors"), "--clip_length", "4"])
     with safe_open(tmp_path / "clip.safetensors", "pt") as f:
         assert f.get_tensor("spatial").shape == (4, 16, 32) and f.get_tensor("global").shape == (32,)
         assert json.loads(f.metadata()["frame_indices"]) == [2, 7, 12, 17]  # the middle frame of each quarter
@@ -68,7 +68,7 @@ def test_encode_clip_and_stream_agree(model_dir, tmp_path):
     # Streaming in chunks of 3 equals one offline pass over all frames with the same window.
     from streamformer.video import load_clip
 
-    frames = load_clip(video, num_frames=20, size=32)
+    frames = load_clip(video, clip_length=20, size=32)
     offline = StreamFormerVisionModel.from_pretrained(model_dir).eval()(frames[None], max_frames=4).pooler_output[0]
     torch.testing.assert_close(temporal, offline, atol=1e-5, rtol=0)
     assert not list(tmp_path.glob("*.partial"))
@@ -80,7 +80,7 @@ def test_stream_prints_frames_and_plots(model_dir, tmp_path, capsys):
     from streamformer.cli import stream
     from streamformer.video import load_clip
 
-    video = counter_video(tmp_path / "v.mp4", num_frames=12, fps=10)
+    video = counter_video(tmp_path / "v.mp4", frame_count=12, fps=10)
     main(["stream", str(video), str(model_dir), "--max_frames", "4", "--plot", str(tmp_path / "s.png")])
     out = capsys.readouterr().out
     assert out.count("ms/frame") == 12 and "12 frames" in out
@@ -90,7 +90,7 @@ def test_stream_prints_frames_and_plots(model_dir, tmp_path, capsys):
     records = stream(str(video), str(model_dir), max_frames=4, plot=None, device="cpu")
     with torch.no_grad():
         model = StreamFormerVisionModel.from_pretrained(model_dir).eval()
-        features = model(load_clip(video, num_frames=12, size=32)[None], max_frames=4).pooler_output[0]
+        features = model(load_clip(video, clip_length=12, size=32)[None], max_frames=4).pooler_output[0]
     assert [r["frame"] for r in records] == list(range(12))
     assert [r["time_s"] for r in records] == pytest.approx([i / 10 for i in range(12)])
     assert [r["norm"] for r in records] == pytest.approx(features.norm(dim=1).tolist(), abs=1e-4)

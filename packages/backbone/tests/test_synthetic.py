@@ -45,7 +45,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def decoded_frames(path: Path) -> np.ndarray:
     """Every frame of a world video as uint8 [T, H, W, 3], through the backbone's reader."""
     info = video_info(path)
-    clip = load_clip(path, num_frames=info.num_frames, size=info.height)
+    clip = load_clip(path, clip_length=info.frame_count, size=info.height)
     return ((clip.permute(0, 2, 3, 1).numpy() + 1) / 2 * 255).round().astype(np.uint8)
 
 
@@ -86,7 +86,7 @@ def test_world_json_and_splits(world):
     assert not set(world.train_ids) & set(world.val_ids)
     for video_id in world.train_ids + world.val_ids:
         info = video_info(world.root / f"videos/{video_id}.mp4")
-        assert (info.num_frames, info.fps, info.height, info.width) == (24, 8.0, 64, 64)
+        assert (info.frame_count, info.fps, info.height, info.width) == (24, 8.0, 64, 64)
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -105,7 +105,7 @@ def test_action_recognition_csv(world, split):
         assert longest["text"].endswith(label)  # the class is the video's longest action
         info = video_info(world.root / path)  # trimmed to that action
         seconds = float(longest["end_second"]) - float(longest["start_second"])
-        assert (info.num_frames, info.fps, info.height) == (round(seconds * 8), 8.0, 64)
+        assert (info.frame_count, info.fps, info.height) == (round(seconds * 8), 8.0, 64)
 
 
 @pytest.mark.parametrize("split", ["train", "val"])

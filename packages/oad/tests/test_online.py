@@ -78,7 +78,7 @@ def test_buffer_is_bounded_and_reset_starts_a_new_video():
     visual = video(200, 6)
     for t in range(200):
         scores = detector.step(visual[t])
-    assert detector.num_frames == 200 and detector.num_buffered == detector.capacity
+    assert detector.frames_seen == 200 and detector.num_buffered == detector.capacity
     assert detector.visual_buffer.shape == (detector.capacity, 6)
     # Frame 199, 10 passes around the ring buffer later, still equals the whole-video scoring.
     torch.testing.assert_close(scores, score_video(model, visual, long_memory_rate=RATE)[-1], rtol=0, atol=1e-5)

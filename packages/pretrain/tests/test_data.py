@@ -17,7 +17,7 @@ from streamformer_pretrain.data import MultiTaskDataset, collate, synthetic_task
 from streamformer_pretrain.readers import SKIP_RATE_MIN_TRIED, ClipOptions, GroundingDataset, RetrievalDataset, VisDataset
 from streamformer_pretrain.sampling import sampled_indices
 
-OPTIONS = ClipOptions(num_frames=8, image_size=32, train=True)
+OPTIONS = ClipOptions(clip_length=8, image_size=32, train=True)
 
 
 def test_every_task_reads_with_the_right_shapes(world):
@@ -43,7 +43,7 @@ def test_every_task_reads_with_the_right_shapes(world):
 def test_labels_follow_the_scene_ground_truth(world):
     """AR labels and localization frame labels agree with the generator's own timeline."""
     datasets = synthetic_task_datasets(
-        world.root, "train", ClipOptions(num_frames=24, image_size=32, train=False), ("ar", "localization")
+        world.root, "train", ClipOptions(clip_length=24, image_size=32, train=False), ("ar", "localization")
     )
     label2id = json.loads((world.root / "ar/label2id.json").read_text())
     assert sorted(label2id, key=label2id.get) == list(ACTIONS)
@@ -107,7 +107,7 @@ def test_a_data_set_whose_samples_all_fail_to_decode_stops_the_run(world, tmp_pa
 
 
 def test_the_data_module_gives_its_max_skip_rate_to_every_reader(world):
-    data = MultiTaskDataModule(root=str(world.root), tasks=("ar", "vis"), num_frames=4, image_size=32, max_skip_rate=0.5)
+    data = MultiTaskDataModule(root=str(world.root), tasks=("ar", "vis"), clip_length=4, image_size=32, max_skip_rate=0.5)
     assert [dataset.options.max_skip_rate for dataset in data.train_sets.values()] == [0.5, 0.5]
 
 
@@ -181,12 +181,12 @@ def test_short_videos_fill_the_clip_as_the_original(world, monkeypatch):
     assert sampled_indices(16, 8, None, "front") == sampled_indices(16, 8, None) == list(range(1, 16, 2))
     calls = []
 
-    def spy(length, num_frames, generator, pad=None):
+    def spy(length, clip_length, generator, pad=None):
         calls.append(pad)
-        return sampled_indices(length, num_frames, generator, pad)
+        return sampled_indices(length, clip_length, generator, pad)
 
     monkeypatch.setattr(readers, "sampled_indices", spy)
-    long = ClipOptions(num_frames=28, image_size=32, train=True)  # the world's videos have 24 frames
+    long = ClipOptions(clip_length=28, image_size=32, train=True)  # the world's videos have 24 frames
     datasets = synthetic_task_datasets(world.root, "train", long, ("retrieval", "vis", "grounding"))
     for task, pad in (("vis", "front"), ("retrieval", "back"), ("grounding", None)):
         calls.clear()

@@ -25,6 +25,6 @@ def test_interval_iou_by_hand():
 
 def test_best_fixed_interval_by_hand():
     # (0, 2) scores 1, 1, 1/3 on these moments; the runner-up (0, 3) scores 2/3 on each.
-    span, score = best_fixed_interval([(0, 2), (0, 2), (1, 3)], num_frames=4)
+    span, score = best_fixed_interval([(0, 2), (0, 2), (1, 3)], clip_length=4)
     assert span == (0, 2)
     assert score == pytest.approx(7 / 9)

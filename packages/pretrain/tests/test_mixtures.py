@@ -13,8 +13,8 @@ from streamformer_pretrain import MultiTaskDataModule, StreamFormerPretraining
 from streamformer_pretrain.data import DatasetMixture, collate, task_readers
 from streamformer_pretrain.readers import ClipOptions, GroundingDataset, LocalizationDataset, RetrievalDataset
 
-OPTIONS = ClipOptions(num_frames=4, image_size=32, train=True)
-EVAL = ClipOptions(num_frames=4, image_size=32, train=False)
+OPTIONS = ClipOptions(clip_length=4, image_size=32, train=True)
+EVAL = ClipOptions(clip_length=4, image_size=32, train=False)
 
 
 def rewrite_csv(source, target, change):
@@ -141,7 +141,7 @@ def test_losses_score_each_sample_against_its_own_data_sets_classes(world, tmp_p
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
     )  # fmt: skip
     data = MultiTaskDataModule(
-        root=None, tasks=("localization",), task_files={"localization": files}, num_frames=4, image_size=32
+        root=None, tasks=("localization",), task_files={"localization": files}, clip_length=4, image_size=32
     )
     module = StreamFormerPretraining(config=tiny)
     module.build(data, warm_up_text=False)

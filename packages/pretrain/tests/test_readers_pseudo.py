@@ -79,7 +79,7 @@ def coco(tmp_path):
 
 
 def _coco_reader(root, **options) -> CocoPseudoVisDataset:
-    options = ClipOptions(**{"num_frames": 4, "image_size": 16, **options})
+    options = ClipOptions(**{"clip_length": 4, "image_size": 16, **options})
     return CocoPseudoVisDataset(root / "coco.json", root, root / "label2id.json", options=options)
 
 
@@ -134,7 +134,7 @@ def refcoco(tmp_path):
 
 
 def _refcoco_reader(root, **options) -> RefCocoPseudoDataset:
-    return RefCocoPseudoDataset(root / "refcoco.json", root, ClipOptions(**{"num_frames": 4, "image_size": 16, **options}))
+    return RefCocoPseudoDataset(root / "refcoco.json", root, ClipOptions(**{"clip_length": 4, "image_size": 16, **options}))
 
 
 def test_refcoco_mask_is_the_referred_box(refcoco):
@@ -218,7 +218,7 @@ def ytvos(tmp_path):
         tmp_path / "train_ReferYoutubeVOS.csv",
         tmp_path / "JPEGImages",
         tmp_path / "Annotations",
-        ClipOptions(num_frames=3, image_size=16),
+        ClipOptions(clip_length=3, image_size=16),
     )
 
 

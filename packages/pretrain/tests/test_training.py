@@ -48,7 +48,9 @@ class Recorder(Callback):
 
 
 def make(world, tmp_path, *callbacks, trainer_args=None, **model_args):
-    data = MultiTaskDataModule(root=str(world.root), tasks=("ar", "grounding", "rvos"), num_frames=4, image_size=32, batch_size=4)
+    data = MultiTaskDataModule(
+        root=str(world.root), tasks=("ar", "grounding", "rvos"), clip_length=4, image_size=32, batch_size=4
+    )
     module = StreamFormerPretraining(config=TINY, text_warmup_steps=5, lr=1e-3, **model_args)
     trainer = L.Trainer(
         **{"max_epochs": 2, "accelerator": "cpu", "devices": 1, **(trainer_args or {})},
@@ -106,7 +108,7 @@ def test_evaluate_reads_held_out_data_by_path_as_it_reads_the_world(world):
     files they must give the same figures as the world's own layout."""
     from streamformer_pretrain.evaluate import evaluate, held_out_datasets
 
-    data = MultiTaskDataModule(root=str(world.root), tasks=("vis", "rvos"), num_frames=4, image_size=32, batch_size=4)
+    data = MultiTaskDataModule(root=str(world.root), tasks=("vis", "rvos"), clip_length=4, image_size=32, batch_size=4)
     module = StreamFormerPretraining(config=TINY, segmentation_loss="sigmoid")
     module.build(data, warm_up_text=False)
     options = ClipOptions(4, 32, train=False)
@@ -167,7 +169,7 @@ def test_temporal_none_keeps_the_gates_closed(world, tmp_path):
 
 def test_weight_decay_spares_tables_norms_gates_and_the_probe_only(world):
     module = StreamFormerPretraining(config=TINY, freeze_text_encoder=False)
-    module.build(MultiTaskDataModule(root=str(world.root), tasks=("ar",), num_frames=4, image_size=32), warm_up_text=False)
+    module.build(MultiTaskDataModule(root=str(world.root), tasks=("ar",), clip_length=4, image_size=32), warm_up_text=False)
     names = {id(p): name for name, p in module.named_parameters()}
     decay, no_decay = ({names[id(p)] for p in group["params"]} for group in module.parameter_groups())
     assert "model.timesformer.embeddings.patch_embeddings.projection.weight" in decay  # a conv kernel
@@ -182,7 +184,7 @@ def test_weight_decay_spares_tables_norms_gates_and_the_probe_only(world):
 def test_a_pretrained_model_takes_the_runs_temporal_rule(world, tmp_path):
     from streamformer import StreamFormerConfig, StreamFormerModel
 
-    data = MultiTaskDataModule(root=str(world.root), tasks=("ar",), num_frames=4, image_size=32)
+    data = MultiTaskDataModule(root=str(world.root), tasks=("ar",), clip_length=4, image_size=32)
     text = dict(TINY["text_config"], vocab_size=len(data.tokenizer))
     StreamFormerModel(StreamFormerConfig(**{**TINY, "text_config": text})).save_pretrained(tmp_path / "init")
     for temporal, causal in (("bidirectional", False), ("causal", True)):

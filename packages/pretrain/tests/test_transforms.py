@@ -113,7 +113,7 @@ def test_rand_augment_changes_some_clips_the_same_way_on_every_frame():
 
 @pytest.mark.parametrize("task", ["ar", "retrieval", "grounding", "localization", "vis", "rvos"])
 def test_readers_apply_their_transform_only_with_augment(world, task):
-    plain = ClipOptions(num_frames=4, image_size=32, train=True)
+    plain = ClipOptions(clip_length=4, image_size=32, train=True)
     augmented = dataclasses.replace(plain, augment=True)
     item = synthetic_task_datasets(world.root, "train", plain, (task,))[task].get(0, seed=3)
     changed = synthetic_task_datasets(world.root, "train", augmented, (task,))[task].get(0, seed=3)

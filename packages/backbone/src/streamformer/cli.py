@@ -42,7 +42,7 @@ def info(path: str | None = None) -> None:
         return
     if Path(path).is_file():
         meta = video_info(path)
-        print(f"video {path}: {meta.num_frames} frames, {meta.fps:.2f} fps, {meta.width}x{meta.height}, {meta.duration:.2f} s")
+        print(f"video {path}: {meta.frame_count} frames, {meta.fps:.2f} fps, {meta.width}x{meta.height}, {meta.duration:.2f} s")
         return
     kind = detect_format(path)
     print(f"checkpoint {path}: {kind} format")
@@ -80,9 +80,9 @@ def convert(source: str, output: str, merge_lora: bool = False, num_frames: int 
 def stream_window(net: StreamFormerVisionModel, source: FrameSource, max_frames: int | None, dtype: str) -> None:
     """Say what an unbounded stream of this video will hold in memory (bounded ones are fine)."""
     if max_frames is None:
-        total = cache_bytes_per_frame(net.config, DTYPES[dtype]) * source.num_frames
+        total = cache_bytes_per_frame(net.config, DTYPES[dtype]) * source.frame_count
         print(
-            f"unbounded window: the cache will grow to {total / 2**30:.2f} GiB at the last of {source.num_frames} frames "
+            f"unbounded window: the cache will grow to {total / 2**30:.2f} GiB at the last of {source.frame_count} frames "
             f"(attention cost grows with it); --max_frames bounds it",
             file=sys.stderr,
         )
@@ -93,7 +93,7 @@ def encode(
     video: str,
     model: str,
     output: str,
-    num_frames: int = 16,
+    clip_length: int = 16,
     fps: float | None = None,
     chunk_size: int = 16,
     max_frames: int | None = DEFAULT_MAX_FRAMES,
@@ -112,7 +112,7 @@ def encode(
         video: video file.
         model: StreamFormer checkpoint directory.
         output: .safetensors file to write (complete, or not at all).
-        num_frames: clip length when --fps is not given.
+        clip_length: frames sampled uniformly from the video when --fps is not given.
         fps: stream the whole video at this frame rate.
         chunk_size: frames per forward call when streaming.
         max_frames: temporal window in frames (256 by default; null = unbounded, which needs
@@ -125,8 +125,8 @@ def encode(
     net = load_model(model, device, dtype)
     size, to_model = net.config.image_size, {"device": device, "dtype": DTYPES[dtype]}
     if fps is None:
-        indices = segment_indices(video_info(video).num_frames, num_frames)  # the frames load_clip takes
-        out = net(load_clip(video, num_frames, size)[None].to(**to_model), max_frames=max_frames, sink_frames=sink_frames)
+        indices = segment_indices(video_info(video).frame_count, clip_length)  # the frames load_clip takes
+        out = net(load_clip(video, clip_length, size)[None].to(**to_model), max_frames=max_frames, sink_frames=sink_frames)
         outputs = [out]
     else:
         source = FrameSource(video, chunk_size=chunk_size, fps=fps, size=size)

@@ -18,13 +18,13 @@ from .model import StreamFormerVisionModel
 from .video import write_video
 
 
-def moving_square_video(num_frames: int = 48, size: int = 64, seed: int = 0) -> np.ndarray:
+def moving_square_video(length: int = 48, size: int = 64, seed: int = 0) -> np.ndarray:
     """A square that drifts right, pauses (background), then grows: changes only time can show."""
     rng = np.random.default_rng(seed)
-    frames = np.full((num_frames, size, size, 3), 30, np.uint8)
+    frames = np.full((length, size, size, 3), 30, np.uint8)
     colour = rng.integers(120, 255, 3)
-    for t in range(num_frames):
-        phase = t / num_frames
+    for t in range(length):
+        phase = t / length
         if phase < 0.4:
             x, side = int(4 + phase / 0.4 * (size - 24)), 12
         elif phase < 0.6:

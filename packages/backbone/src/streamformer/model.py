@@ -469,15 +469,15 @@ class StreamFormerVisionModel(StreamFormerPreTrainedModel):
         return TemporalKVCache(self.config.num_hidden_layers, batch_size, max_frames, sink_frames, start_frame, dtype, device)
 
     def temporal_context(
-        self, num_frames: int, cache: TemporalKVCache | None = None, max_frames: int | None = None, sink_frames: int = 0
+        self, new_frames: int, cache: TemporalKVCache | None = None, max_frames: int | None = None, sink_frames: int = 0
     ) -> TemporalContext:
-        """Frame indices and attention rule for a call on `num_frames` new frames."""
+        """Frame indices and attention rule for a call on `new_frames` new frames."""
         causal = self.config.enable_causal_temporal
         if cache is None:
             check_window(max_frames, sink_frames)
             if max_frames is not None and not causal:
                 raise ValueError("a window (max_frames) needs causal temporal attention")
-            return TemporalContext(torch.arange(num_frames), num_frames, causal, None, max_frames, sink_frames)
+            return TemporalContext(torch.arange(new_frames), new_frames, causal, None, max_frames, sink_frames)
         if (max_frames, sink_frames) != (None, 0) and (max_frames, sink_frames) != (cache.max_frames, cache.sink_frames):
             raise ValueError("with a cache, the window is the cache's: set max_frames/sink_frames in new_cache()")
         if not causal:
@@ -487,7 +487,7 @@ class StreamFormerVisionModel(StreamFormerPreTrainedModel):
                 "streaming with a cache is for inference: run it under torch.inference_mode() or torch.no_grad() "
                 "(train with the offline forward on whole clips)"
             )
-        frames = torch.arange(cache.next_frame, cache.next_frame + num_frames)
+        frames = torch.arange(cache.next_frame, cache.next_frame + new_frames)
         return TemporalContext(frames, None, True, cache, cache.max_frames, cache.sink_frames)
 
     def embed(self, pixel_values: Tensor, context: TemporalContext) -> Tensor:

@@ -27,14 +27,14 @@ class VideoReadError(RuntimeError):
 @dataclass(frozen=True)
 class VideoInfo:
     path: str
-    num_frames: int
+    frame_count: int
     fps: float
     height: int
     width: int
 
     @property
     def duration(self) -> float:
-        return self.num_frames / self.fps if self.fps > 0 else 0.0
+        return self.frame_count / self.fps if self.fps > 0 else 0.0
 
 
 def open_video(path: str | os.PathLike):
@@ -62,31 +62,31 @@ def video_info(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(str(path), len(reader), float(reader.get_avg_fps()), *reader.frame_size)
 
 
-def segment_indices(num_frames: int, num_segments: int, generator: torch.Generator | None = None) -> list[int]:
+def segment_indices(frame_count: int, num_segments: int, generator: torch.Generator | None = None) -> list[int]:
     """One frame per equal segment of the video (TSN-style uniform sampling).
 
     With a `generator`, a random frame of each segment (training); without, each segment's middle
     frame (evaluation). Videos shorter than `num_segments` repeat frames.
     """
-    if num_frames < 1 or num_segments < 1:
-        raise ValueError(f"need num_frames >= 1 and num_segments >= 1, got {num_frames} and {num_segments}")
-    edges = torch.linspace(0, num_frames, num_segments + 1, dtype=torch.float64)
+    if frame_count < 1 or num_segments < 1:
+        raise ValueError(f"need frame_count >= 1 and num_segments >= 1, got {frame_count} and {num_segments}")
+    edges = torch.linspace(0, frame_count, num_segments + 1, dtype=torch.float64)
     start, length = edges[:-1], edges[1:] - edges[:-1]
     offset = torch.rand(num_segments, generator=generator, dtype=torch.float64) if generator is not None else 0.5
-    return (start + offset * length).floor().clamp(max=num_frames - 1).long().tolist()
+    return (start + offset * length).floor().clamp(max=frame_count - 1).long().tolist()
 
 
-def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> list[int]:
+def resample_indices(frame_count: int, source_fps: float, target_fps: float) -> list[int]:
     """Frame indices that resample a `source_fps` video to `target_fps`.
 
-    `int(num_frames / source_fps * target_fps)` evenly spaced positions from the first frame to the
+    `int(frame_count / source_fps * target_fps)` evenly spaced positions from the first frame to the
     last, truncated to frame numbers (`linspace(0, n - 1, count).astype(int)`): the rule of the
     original OAD feature extraction, used for every frame rate in this repository.
     """
     if source_fps <= 0 or target_fps <= 0:
         raise ValueError(f"fps must be positive, got source {source_fps} and target {target_fps}")
-    count = max(1, int(num_frames / source_fps * target_fps))
-    return np.linspace(0, num_frames - 1, count).astype(int).tolist()
+    count = max(1, int(frame_count / source_fps * target_fps))
+    return np.linspace(0, frame_count - 1, count).astype(int).tolist()
 
 
 def read_frames(reader, indices: Sequence[int], path: str) -> Tensor:
@@ -172,7 +172,7 @@ class FrameDecoder:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = str(path)
         self.reader = open_video(path)
-        self.num_frames = len(self.reader)
+        self.frame_count = len(self.reader)
         self.fps = float(self.reader.get_avg_fps())
         self._pyav: _ForwardPyAV | None = None  # set once decord has misread this video
 
@@ -221,11 +221,15 @@ def normalise(x: Tensor) -> Tensor:
 
 
 def load_clip(
-    path: str | os.PathLike, num_frames: int = 16, size: int = 224, mode: str = "resize", generator: torch.Generator | None = None
+    path: str | os.PathLike,
+    clip_length: int = 16,
+    size: int = 224,
+    mode: str = "resize",
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """A clip of `num_frames` uniformly sampled frames -> [num_frames, 3, size, size]."""
+    """A clip of `clip_length` uniformly sampled frames -> [clip_length, 3, size, size]."""
     reader = open_video(path)
-    return preprocess(read_frames(reader, segment_indices(len(reader), num_frames, generator), str(path)), size, mode)
+    return preprocess(read_frames(reader, segment_indices(len(reader), clip_length, generator), str(path)), size, mode)
 
 
 class FrameSource:
@@ -249,7 +253,7 @@ class FrameSource:
         self.path = str(path)
         self.decoder = FrameDecoder(path)
         self.source_fps = self.decoder.fps
-        total = self.decoder.num_frames
+        total = self.decoder.frame_count
         self.indices = resample_indices(total, self.source_fps, fps) if fps else list(range(total))
         self.fps = fps or self.source_fps
         self.chunk_size, self.size, self.mode = chunk_size, size, mode
@@ -259,7 +263,7 @@ class FrameSource:
         return -(-len(self.indices) // self.chunk_size)
 
     @property
-    def num_frames(self) -> int:
+    def frame_count(self) -> int:
         return len(self.indices)
 
     def __iter__(self) -> Iterator[tuple[Tensor, list[int]]]:

@@ -99,7 +99,7 @@ class Session:
     motion: np.ndarray | None = None
 
     @property
-    def num_frames(self) -> int:
+    def frame_count(self) -> int:
         return len(self.target)
 
 
@@ -197,7 +197,7 @@ class WindowDataset(Dataset):
         self.windows = []
         for position, session in enumerate(self.sessions):
             offset = int(torch.randint(work, (1,), generator=generator)) if self.phase == "train" else 0
-            self.windows += [(position, start) for start in window_starts(session.num_frames, work, anticipation, offset)]
+            self.windows += [(position, start) for start in window_starts(session.frame_count, work, anticipation, offset)]
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -217,7 +217,7 @@ class WindowDataset(Dataset):
             **_feature_rows(session, rows),
             "memory_mask": torch.from_numpy(memory_mask),
             "target": torch.from_numpy(session.target[work_start : work_end + lengths.anticipation]),
-            "future": torch.from_numpy(session.target[future_indices(work_end, session.num_frames, lengths.future)]),
+            "future": torch.from_numpy(session.target[future_indices(work_end, session.frame_count, lengths.future)]),
             "session": session.name,
             "work_start": work_start,
         }
@@ -234,7 +234,7 @@ class OnlineFrameDataset(Dataset):
         self.sessions = list(sessions)
         self.lengths = lengths
         # first global sample index of each session, and the total in the last entry
-        self.offsets = np.cumsum([0] + [s.num_frames for s in self.sessions])
+        self.offsets = np.cumsum([0] + [s.frame_count for s in self.sessions])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

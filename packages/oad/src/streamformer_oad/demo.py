@@ -60,7 +60,7 @@ def plot(checkpoint: str, session: str | None = None, output: str = "runs/oad/sc
     scores = score_video(module.model, torch.from_numpy(video.visual), motion, h.long_memory_rate).numpy()
     result = perframe_average_precision(video.target, scores, info.class_names, info.ignore_index, metric=info.metrics)
 
-    seconds = [t / info.fps for t in range(video.num_frames)]
+    seconds = [t / info.fps for t in range(video.frame_count)]
     actions = [c for c in range(1, info.num_classes) if c != info.ignore_index]
     colours = plt.get_cmap("tab10")
     figure, (truth_axis, score_axis) = plt.subplots(2, 1, figsize=(10, 5), sharex=True, height_ratios=(1, 2))

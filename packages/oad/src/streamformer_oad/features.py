@@ -75,21 +75,21 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".m
 # The time grid
 
 
-def feature_frames(num_frames: int, chunk: int = 6, grid: Grid = "linspace") -> np.ndarray:
+def feature_frames(frame_count: int, chunk: int = 6, grid: Grid = "linspace") -> np.ndarray:
     """Index of the resampled frame each feature describes (the last frame of its chunk), [L].
 
-    L = num_frames // chunk. "linspace" is the original's grid: chunk starts
-    `linspace(0, num_frames, L).astype(int)`, a start past the end clamped to the final `chunk`
-    frames (only the last one is: the spacing num_frames / (L - 1) exceeds `chunk`), so the last
+    L = frame_count // chunk. "linspace" is the original's grid: chunk starts
+    `linspace(0, frame_count, L).astype(int)`, a start past the end clamped to the final `chunk`
+    frames (only the last one is: the spacing frame_count / (L - 1) exceeds `chunk`), so the last
     feature is always the last frame. "uniform": starts 0, chunk, 2 chunk, ...
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     if grid not in GRIDS:
         raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
-    count = num_frames // chunk
-    starts = np.linspace(0, num_frames, count).astype(int) if grid == "linspace" else np.arange(count) * chunk
-    return np.minimum(starts, num_frames - chunk).astype(np.int64) + chunk - 1
+    count = frame_count // chunk
+    starts = np.linspace(0, frame_count, count).astype(int) if grid == "linspace" else np.arange(count) * chunk
+    return np.minimum(starts, frame_count - chunk).astype(np.int64) + chunk - 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ class VideoFrames:
     def __init__(self, path: str | os.PathLike, size: int, fps: float = 24.0) -> None:
         self.path, self.size = str(path), size
         self.decoder: FrameDecoder | None = FrameDecoder(path)
-        self.index = np.asarray(resample_indices(self.decoder.num_frames, self.decoder.fps, fps))
+        self.index = np.asarray(resample_indices(self.decoder.frame_count, self.decoder.fps, fps))
         self._kept: dict[int, Tensor] = {}
 
     def __len__(self) -> int:

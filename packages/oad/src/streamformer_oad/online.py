@@ -53,14 +53,14 @@ class OnlineDetector:
 
     def reset(self) -> None:
         """Forget the stream; the next step is frame 0 of a new video."""
-        self.num_frames = 0
+        self.frames_seen = 0
         self.visual_buffer: Tensor | None = None
         self.motion_buffer: Tensor | None = None
 
     @property
     def num_buffered(self) -> int:
         """Frames currently held (at most `capacity`)."""
-        return min(self.num_frames, self.capacity)
+        return min(self.frames_seen, self.capacity)
 
     @torch.no_grad()
     def step(self, visual_feature: Tensor, motion_feature: Tensor | None = None) -> Tensor:
@@ -79,13 +79,13 @@ class OnlineDetector:
             if config.two_stream:
                 self.motion_buffer = visual_feature.new_zeros(self.capacity, config.motion_size)
 
-        t = self.num_frames
+        t = self.frames_seen
         self.visual_buffer[t % self.capacity] = visual_feature
         if motion_feature is not None:
             self.motion_buffer[t % self.capacity] = torch.as_tensor(
                 motion_feature, dtype=parameter.dtype, device=parameter.device
             )
-        self.num_frames += 1
+        self.frames_seen += 1
 
         memory_indices, memory_mask, work_indices = online_indices(
             t, config.work_memory_length, config.long_memory_num_samples, self.long_memory_length, self.long_memory_rate

@@ -1,6 +1,6 @@
 """Frame-index arithmetic of MAT samples: windows, long-memory samplers, future targets.
 
-Pure numpy over the frame indices of one session of `num_frames` feature/target rows. A sample is a
+Pure numpy over the frame indices of one session of `frame_count` feature/target rows. A sample is a
 work window of `work_length` observed frames [work_start, work_end), `anticipation_length` frames
 after it to anticipate, a long memory of `num_samples` earlier frames (index 0 pads the history
 before the video start) and `future_length` future target rows.
@@ -29,17 +29,17 @@ class WindowLengths:
         return self.memory_samples * self.memory_rate
 
 
-def window_starts(num_frames: int, work_length: int, anticipation_length: int, seed: int) -> list[int]:
+def window_starts(frame_count: int, work_length: int, anticipation_length: int, seed: int) -> list[int]:
     """Starts of the non-overlapping train/test windows: `seed + (work + anticipation)·k`.
 
-    A window is kept while `work_start + work_length < num_frames - anticipation_length` (strict, as the
+    A window is kept while `work_start + work_length < frame_count - anticipation_length` (strict, as the
     original: a window whose anticipated rows end exactly at the last frame is dropped too); the tail
     that does not fit is not used.
     """
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     stride = work_length + anticipation_length
-    return list(range(seed, num_frames - anticipation_length - work_length, stride))
+    return list(range(seed, frame_count - anticipation_length - work_length, stride))
 
 
 def memory_padding_mask(indices: np.ndarray) -> np.ndarray:
@@ -88,10 +88,10 @@ def uniform_memory_indices(work_start: int, num_samples: int, length: int, rate:
     return indices, memory_padding_mask(indices)
 
 
-def future_indices(work_end: int, num_frames: int, future_length: int) -> np.ndarray:
+def future_indices(work_end: int, frame_count: int, future_length: int) -> np.ndarray:
     """(future_length,) rows of the future target: from work_end + 1 (not work_end, unlike the
     anticipation rows), clamped to the last frame, right-padded by repeating the last index."""
-    last = num_frames - 1
+    last = frame_count - 1
     indices = np.arange(min(work_end + 1, last), min(work_end + future_length, last) + 1)
     return np.concatenate([indices, np.full(future_length - len(indices), indices[-1])])
 

@@ -77,14 +77,17 @@ def evaluate(
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     accepted = inspect.signature(MultiTaskDataModule.__init__).parameters  # LightningCLI adds `_instantiator`
-    data_args = {k: v for k, v in state.get("datamodule_hyper_parameters", {}).items() if k in accepted}
+    saved = dict(state.get("datamodule_hyper_parameters", {}))
+    if "num_frames" in saved:  # checkpoints written before the clip length had its own name
+        saved.setdefault("clip_length", saved.pop("num_frames"))
+    data_args = {k: v for k, v in saved.items() if k in accepted}
     if not data_args.get("task_files"):
         data_args["root"] = root  # a world-trained model: its world may have moved
     datamodule = MultiTaskDataModule(**data_args)
     device = default_device(device)
     module = load_checkpoint(checkpoint, datamodule).to(device)
     files = yaml.safe_load(Path(task_files).read_text()) if task_files else None
-    options = ClipOptions(datamodule.hparams.num_frames, datamodule.hparams.image_size, train=False, cache_videos=files is None)
+    options = ClipOptions(datamodule.hparams.clip_length, datamodule.hparams.image_size, train=False, cache_videos=files is None)
     datasets = held_out_datasets(options, datamodule.tasks, root=root, task_files=files)
     results = run_evaluation(module, datasets, batch_size)
     print(format_table(results))

@@ -96,10 +96,10 @@ def predicted_moment(scores: Tensor) -> tuple[int, int]:
     return start, max(start + 1, end - 1)
 
 
-def best_fixed_interval(truths: list[tuple[int, int]], num_frames: int) -> tuple[tuple[int, int], float]:
+def best_fixed_interval(truths: list[tuple[int, int]], clip_length: int) -> tuple[tuple[int, int], float]:
     """The [start, end) span that, predicted for every clip, scores the highest mIoU against
     `truths`, and that mIoU: an upper bound on any grounding prediction that ignores the video."""
-    spans = [(a, b) for a in range(num_frames) for b in range(a + 1, num_frames + 1)]
+    spans = [(a, b) for a in range(clip_length) for b in range(a + 1, clip_length + 1)]
     scores = [sum(_interval_iou(span, truth) for truth in truths) / len(truths) for span in spans]
     best = max(range(len(spans)), key=scores.__getitem__)
     return spans[best], scores[best]

@@ -54,7 +54,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             reader of the task (e.g. `CocoPseudoVisDataset`).
         tokenizer: a tokenizer directory (SigLIP's for real data); default: a word-level tokenizer
             built from the data's texts.
-        num_frames, image_size: clip shape fed to the model.
+        clip_length, image_size: clip shape fed to the model.
         batch_size: per device.
         augment: the original's training transforms: RandAugment and a
             random-resized crop for AR, short-side resize and a random crop for the others, drawn
@@ -79,7 +79,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         train_tasks: tuple[str, ...] | None = None,
         task_files: dict[str, dict[str, Any] | list[dict[str, Any]]] | None = None,
         tokenizer: str | None = None,
-        num_frames: int = 8,
+        clip_length: int = 8,
         image_size: int = 32,
         batch_size: int = 8,
         num_workers: int = 0,
@@ -95,7 +95,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.tasks = tuple(tasks)
         self.root = Path(root) if root else None
         options = ClipOptions(
-            num_frames,
+            clip_length,
             image_size,
             train=True,
             augment=augment,

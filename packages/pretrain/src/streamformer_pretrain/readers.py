@@ -43,7 +43,7 @@ SKIP_RATE_MIN_TRIED = 200
 
 @dataclass(frozen=True)
 class ClipOptions:
-    num_frames: int = 16
+    clip_length: int = 16
     image_size: int = 224
     train: bool = True
     augment: bool = False  # the original's training crops and RandAugment (`transforms`); off: resize to a square
@@ -70,7 +70,7 @@ SAMPLE_ERRORS = (VideoReadError, OSError, json.JSONDecodeError, BrokenSample)
 class Video(NamedTuple):
     """An mp4's frame count, fps and a frame reader."""
 
-    num_frames: int
+    frame_count: int
     fps: float
     read: Callable[[Sequence[int]], Tensor]  # frame numbers -> uint8 [T, H, W, 3]
 
@@ -228,10 +228,10 @@ class TaskDataset(Dataset):
         per segment of the [start, end] seconds window (the whole video by default); random frame
         per segment when training, middle frame otherwise."""
         video = open_clip_video(path, self.options.cache_videos)
-        first = min(video.num_frames - 1, int(start * video.fps))
-        last = video.num_frames if end is None else max(first + 1, min(video.num_frames, int(np.ceil(end * video.fps))))
+        first = min(video.frame_count - 1, int(start * video.fps))
+        last = video.frame_count if end is None else max(first + 1, min(video.frame_count, int(np.ceil(end * video.fps))))
         offsets = sampled_indices(
-            last - first, self.options.num_frames, generator if self.options.train else None, self.pad_short
+            last - first, self.options.clip_length, generator if self.options.train else None, self.pad_short
         )
         indices = [first + i for i in offsets]
         return video.read(indices), indices, video.fps
@@ -376,7 +376,7 @@ class GroundingDataset(TaskDataset):
         start, end = float(row["start_second"]), float(row["end_second"])
         windows = _list_cell(row, "relevant_windows") or [[start, end]]
         source = open_clip_video(path, self.options.cache_videos)
-        duration = source.num_frames / source.fps
+        duration = source.frame_count / source.fps
         if end - start >= self.window_seconds:
             lo, hi = start, end
         else:
@@ -475,7 +475,7 @@ class VisDataset(TaskDataset):
     def load(self, sample, generator):
         video, anns = sample
         offsets = sampled_indices(
-            video["length"], self.options.num_frames, generator if self.options.train else None, self.pad_short
+            video["length"], self.options.clip_length, generator if self.options.train else None, self.pad_short
         )
         frames = torch.from_numpy(
             np.stack([np.asarray(Image.open(self.frame_root / video["file_names"][i]).convert("RGB")) for i in offsets])
@@ -538,7 +538,7 @@ def _decode_segmentation(segmentation: list | dict, height: int, width: int) -> 
     return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))
 
 
-def _pseudo_video(path: Path, mask: Tensor, num_frames: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+def _pseudo_video(path: Path, mask: Tensor, clip_length: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     """An image and its integer mask [H, W] as a still clip: uint8 frames [T, H, W, 3], masks [T, H, W].
 
     With a `generator` (training) every copy is rotated by its own angle ~ U(-15, 15) degrees about
@@ -549,10 +549,10 @@ def _pseudo_video(path: Path, mask: Tensor, num_frames: int, generator: torch.Ge
     if (image.height, image.width) != tuple(mask.shape):
         raise BrokenSample(f"image is {image.height}x{image.width}, its annotation {mask.shape[0]}x{mask.shape[1]}")
     if generator is None:
-        return torch.from_numpy(np.array(image))[None].repeat(num_frames, 1, 1, 1), mask[None].repeat(num_frames, 1, 1)
+        return torch.from_numpy(np.array(image))[None].repeat(clip_length, 1, 1, 1), mask[None].repeat(clip_length, 1, 1)
     labels = Image.fromarray(mask.numpy().astype(np.int32))  # mode "I": class ids survive the rotation
     frames, masks = [], []
-    for _ in range(num_frames):
+    for _ in range(clip_length):
         angle, dx, dy = (2 * torch.rand(3, generator=generator, dtype=torch.float64) - 1).tolist()
         centre = (image.width * (0.5 + dx / 10), image.height * (0.5 + dy / 10))
         frames.append(np.asarray(image.rotate(15 * angle, resample=Image.Resampling.BILINEAR, center=centre)))
@@ -561,7 +561,7 @@ def _pseudo_video(path: Path, mask: Tensor, num_frames: int, generator: torch.Ge
 
 
 class CocoPseudoVisDataset(TaskDataset):
-    """COCO instance JSON as VIS pseudo-videos: one annotated image repeated `num_frames` times,
+    """COCO instance JSON as VIS pseudo-videos: one annotated image repeated `clip_length` times,
     each copy randomly rotated at train time (`_pseudo_video`); target = semantic map [T, S, S].
 
     Category ids are remapped to their 0-based position in `categories`, as the original: the
@@ -609,7 +609,7 @@ class CocoPseudoVisDataset(TaskDataset):
             decoded = torch.from_numpy(_decode_segmentation(ann["segmentation"], h, w)).bool()
             semantic[decoded] = self.category_ids[ann["category_id"]]
         frames, masks = _pseudo_video(
-            self.image_root / image["file_name"], semantic, self.options.num_frames, generator if self.options.train else None
+            self.image_root / image["file_name"], semantic, self.options.clip_length, generator if self.options.train else None
         )
         if not masks.any():
             raise BrokenSample("empty mask in every frame")
@@ -637,7 +637,7 @@ class RefCocoPseudoDataset(TaskDataset):
         image, ann = sample
         target = torch.from_numpy(_decode_segmentation(ann["segmentation"], image["height"], image["width"])).long()
         frames, masks = _pseudo_video(
-            self.image_root / image["file_name"], target, self.options.num_frames, generator if self.options.train else None
+            self.image_root / image["file_name"], target, self.options.clip_length, generator if self.options.train else None
         )
         if not masks.any():
             raise BrokenSample("empty mask in every frame")
@@ -662,7 +662,7 @@ class ReferYoutubeVosDataset(ReferringDataset):
     def load(self, row, generator):
         names = _list_cell(row, "frames")
         objects = [int(i) for i in _list_cell(row, "obj_id")]
-        indices = segment_indices(len(names), self.options.num_frames, generator if self.options.train else None)
+        indices = segment_indices(len(names), self.options.clip_length, generator if self.options.train else None)
         frames = np.stack(
             [np.asarray(Image.open(self.video_root / row["video_id"] / f"{names[i]}.jpg").convert("RGB")) for i in indices]
         )

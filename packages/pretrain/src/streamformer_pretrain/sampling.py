@@ -19,17 +19,17 @@ from streamformer.video import segment_indices
 
 
 def sampled_indices(
-    length: int, num_frames: int, generator: torch.Generator | None, pad: Literal["front", "back"] | None = None
+    length: int, clip_length: int, generator: torch.Generator | None, pad: Literal["front", "back"] | None = None
 ) -> list[int]:
     """One frame per segment (`segment_indices`: random when a `generator` is given, else the
-    middle). With `pad`, a video of fewer than `num_frames` frames instead takes each frame once
+    middle). With `pad`, a video of fewer than `clip_length` frames instead takes each frame once
     and repeats its first frame before them ("front", the original's VIS) or its last after them
     ("back", its retrieval); without, its frames repeat throughout."""
-    if pad is None or length >= num_frames:
-        return segment_indices(length, num_frames, generator)
+    if pad is None or length >= clip_length:
+        return segment_indices(length, clip_length, generator)
     if pad == "front":
-        return [0] * (num_frames - length) + list(range(length))
-    return list(range(length)) + [length - 1] * (num_frames - length)
+        return [0] * (clip_length - length) + list(range(length))
+    return list(range(length)) + [length - 1] * (clip_length - length)
 
 
 def derive_seed(*parts: int | str) -> int:
