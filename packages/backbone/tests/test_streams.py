@@ -23,7 +23,7 @@ PER_CATEGORY = 8
 
 def decoded(path: Path) -> np.ndarray:
     decoder = FrameDecoder(path)
-    return decoder.read(range(decoder.num_frames)).numpy()
+    return decoder.read(range(decoder.frame_count)).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_stream_is_its_sources_end_to_end(world, bench, records):
     for video, record in records.items():
         stream = decoded(bench / video)
         lengths = [source["length"] for source in record["sources"]]
-        assert len(stream) == record["num_frames"] == sum(lengths) == math.ceil(record["minutes"] * 60 / 3) * 24
+        assert len(stream) == record["frame_count"] == sum(lengths) == math.ceil(record["minutes"] * 60 / 3) * 24
         for source in record["sources"]:
             original = decoded(world / "videos" / f"{source['video_id']}.mp4").astype(int)
             start, end = source["start"], source["start"] + source["length"]

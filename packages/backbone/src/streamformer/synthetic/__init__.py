@@ -17,6 +17,8 @@ Small (64x64, 8 fps, 6 s) videos of coloured shapes whose actions are only visib
     qa/{train,val}.json                         timed multiple-choice questions
 
 `sample_scene(rng)` gives the same scenes in memory (`scene.render()` -> frames and masks).
+`streams.write_streams(root, out)` stitches a split's videos into long streams (minutes to an
+hour) with timed questions in OVO-Bench's layout, for streaming video QA.
 """
 
 from .generate import WorldSummary, generate_world

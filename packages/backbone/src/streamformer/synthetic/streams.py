@@ -116,7 +116,7 @@ class Timeline:
     segments: tuple[StreamSegment, ...]
 
     @property
-    def num_frames(self) -> int:
+    def frame_count(self) -> int:
         last = self.sources[-1]
         return last.start + last.length
 
@@ -150,7 +150,7 @@ class Timeline:
             }
             for s in self.segments
         ]
-        return {"fps": self.fps, "num_frames": self.num_frames, "duration_s": self.seconds(self.num_frames),
+        return {"fps": self.fps, "frame_count": self.frame_count, "duration_s": self.seconds(self.frame_count),
                 "sources": sources, "segments": segments}  # fmt: skip
 
     @classmethod
@@ -267,8 +267,8 @@ def encode_stream(world_root: str | os.PathLike, timeline: Timeline, path: str |
     with StreamEncoder(path, timeline.fps, size) as encoder:
         for source in timeline.sources:
             decoder = FrameDecoder(Path(world_root) / "videos" / f"{source.video_id}.mp4")
-            if decoder.num_frames != source.length:
-                raise ValueError(f"{source.video_id} has {decoder.num_frames} frames, the world says {source.length}")
+            if decoder.frame_count != source.length:
+                raise ValueError(f"{source.video_id} has {decoder.frame_count} frames, the world says {source.length}")
             encoder.write(decoder.read(range(source.length)).numpy())
     return encoder.frames
 
@@ -336,7 +336,7 @@ class Asker:
 def epm_item(asker: Asker) -> dict[str, Any] | None:
     """EPM, "Which object was <action>?": evidence ended >= gap ago and not since; no wrong option ever did it."""
     timeline, rng = asker.timeline, asker.rng
-    k = int(rng.integers(asker.gap + 1, timeline.num_frames + 1))
+    k = int(rng.integers(asker.gap + 1, timeline.frame_count + 1))
     seen = timeline.seen(k)
     candidates = [s for s in seen if s.end <= k - asker.gap and s.action in asker.pools.actions]
     rng.shuffle(candidates)
@@ -355,7 +355,7 @@ def epm_item(asker: Asker) -> dict[str, Any] | None:
 def asi_item(asker: Asker) -> dict[str, Any] | None:
     """ASI, "What did the <look> do first?": its first action in the stream, ended >= gap ago."""
     timeline, rng = asker.timeline, asker.rng
-    k = int(rng.integers(asker.gap + 1, timeline.num_frames + 1))
+    k = int(rng.integers(asker.gap + 1, timeline.frame_count + 1))
     firsts: dict[str, StreamSegment] = {}
     for segment in timeline.seen(k):
         firsts.setdefault(segment.look, segment)
@@ -428,7 +428,7 @@ def crr_item(asker: Asker) -> dict[str, Any] | None:
     if clue.start - lowest < 1:
         return None
     ask, waiting = sorted(int(k) for k in asker.pick(range(lowest, clue.start + 1), 2))
-    after = sorted({min(clue.end + round(s * timeline.fps), timeline.num_frames) for s in (0, 2, 5)})
+    after = sorted({min(clue.end + round(s * timeline.fps), timeline.frame_count) for s in (0, 2, 5)})
     probes = [{"realtime": timeline.seconds(k), "type": int(k >= clue.end)} for k in (ask, waiting, *after)]
     return {"task": "CRR", "question": f"Which object is {clue.action} next?", "answer": clue.look,
             "ask_time": timeline.seconds(ask), "clue_time": timeline.seconds(clue.end), "test_info": probes,
@@ -467,7 +467,7 @@ def stream_items(
     items = []
     for number, (_category, tasks) in enumerate(CATEGORY_TASKS.items()):
         for i, task in enumerate(tasks):
-            rng = np.random.default_rng([seed, timeline.num_frames, number, i])
+            rng = np.random.default_rng([seed, timeline.frame_count, number, i])
             asker = Asker(timeline, Pools.of(vocabulary), rng, math.ceil(min_gap_s * timeline.fps))
             count = items_per_category // len(tasks) + (i < items_per_category % len(tasks))
             found = sorted(task_items(asker, task, count), key=question_time)
@@ -505,7 +505,7 @@ def write_streams(
     for item in items:
         name = Path(item["video"]).stem
         counts[name][item["task"]] = counts[name].get(item["task"], 0) + 1
-    return {"streams": {r["name"]: r["num_frames"] for r in records}, "items": counts}
+    return {"streams": {r["name"]: r["frame_count"] for r in records}, "items": counts}
 
 
 def question_words(items: list[dict[str, Any]]) -> list[str]:
