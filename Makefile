@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constra
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo stream-demo oad-demo videoqa-demo seeds ablation-temporal ablation-tasks test lint bench clean
+.PHONY: setup demo stream-demo oad-demo videoqa-demo streaming-qa-demo seeds ablation-temporal ablation-tasks test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -74,6 +74,13 @@ oad-demo: setup
 videoqa-demo: setup
 	test -f $(TINY)/backbone/config.json || $(MAKE) demo
 	$(BIN)/streamformer-videoqa demo --backbone $(TINY)/backbone --world runs/world --seeds "[$(subst $(eval) ,$(comma),$(strip $(SEEDS)))]"
+
+# Streaming video QA with bounded memory (after `make videoqa-demo`, whose seed-0 model it uses):
+# the world's videos stitched into 1-, 10- and 60-minute streams with timed questions, every
+# memory policy on them side by side (docs/videoqa/memory.md and a plot).
+streaming-qa-demo: setup
+	test -f runs/videoqa/seed0/video/stage3/tokenizer.json || $(MAKE) videoqa-demo
+	$(BIN)/streamformer-videoqa bench-memory --config configs/videoqa/memory-synthetic.yaml
 
 # Streaming only: a random tiny StreamFormer on one synthetic clip (seconds).
 stream-demo: setup

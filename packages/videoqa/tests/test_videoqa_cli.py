@@ -14,7 +14,9 @@ from videoqa_helpers import tiny_lm
 from streamformer.testing import tiny_model
 from streamformer.video import write_video
 from streamformer_videoqa import StreamFormerForVideoQA
+from streamformer_videoqa.bench import bench_memory
 from streamformer_videoqa.cli import main
+from streamformer_videoqa.memory import POLICIES
 from streamformer_videoqa.module import VideoQADataModule, VideoQATraining
 
 CONFIGS = Path(__file__).parents[3] / "configs" / "videoqa"
@@ -58,8 +60,19 @@ def test_build_fit_export(tokenizer, tmp_path):
     assert (tmp_path / "trained" / "tokenizer.json").exists()
 
 
-@pytest.mark.parametrize("name", sorted(path.name for path in CONFIGS.glob("*.yaml")))
+FIT_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if "trainer" in yaml.safe_load(p.read_text()))
+
+
+@pytest.mark.parametrize("name", FIT_CONFIGS)
 def test_recipes_take_only_real_arguments(name):
     config = yaml.safe_load((CONFIGS / name).read_text())
     assert set(config["model"]) <= set(inspect.signature(VideoQATraining).parameters)
     assert set(config["data"]) <= set(inspect.signature(VideoQADataModule).parameters) - {"model"}  # linked from the model
+
+
+def test_the_memory_benchmark_config_takes_only_real_arguments():
+    config = yaml.safe_load((CONFIGS / "memory-synthetic.yaml").read_text())
+    assert len(FIT_CONFIGS) == 4 and set(config) <= set(inspect.signature(bench_memory).parameters)
+    assert set(config["policies"]) == set(POLICIES)
+    for name, budgets in config["policies"].items():
+        assert set(budgets) <= set(inspect.signature(POLICIES[name]).parameters)

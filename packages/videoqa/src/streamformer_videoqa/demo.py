@@ -84,6 +84,7 @@ def run_variant(
         start = folder / "stage1"
     questions = "qa_train_text" if variant == "text only" else "qa_train"
     train_stage(start, "full", dataset(files[questions]), qa_epochs, 1e-3, batch_size, folder / "stage3")
+    tokenizer.save_pretrained(folder / "stage3")  # a whole model folder (`stream`, `bench-memory` read it)
     items = json.loads(files["questions_val"].read_text())
     if variant == "text only":
         items = [{k: v for k, v in item.items() if k != "video"} for item in items]
