@@ -77,9 +77,12 @@ videoqa-demo: setup
 
 # Streaming video QA with bounded memory (after `make videoqa-demo`, whose seed-0 model it uses):
 # the world's videos stitched into 1-, 10- and 60-minute streams with timed questions, every
-# memory policy on them side by side (docs/videoqa/memory.md and a plot).
+# memory policy on them side by side, and `recent` again with the model fine-tuned on the
+# contexts it leaves (training streams of the train split) (docs/videoqa/memory.md and a plot).
 streaming-qa-demo: setup
 	test -f runs/videoqa/seed0/video/stage3/tokenizer.json || $(MAKE) videoqa-demo
+	test -f runs/videoqa-aligned/model/tokenizer.json || $(BIN)/streamformer-videoqa align \
+		--model runs/videoqa/seed0/video/stage3 --world runs/world --output runs/videoqa-aligned
 	$(BIN)/streamformer-videoqa bench-memory --config configs/videoqa/memory-synthetic.yaml
 
 # Streaming only: a random tiny StreamFormer on one synthetic clip (seconds).

@@ -74,5 +74,7 @@ def test_the_memory_benchmark_config_takes_only_real_arguments():
     config = yaml.safe_load((CONFIGS / "memory-synthetic.yaml").read_text())
     assert len(FIT_CONFIGS) == 4 and set(config) <= set(inspect.signature(bench_memory).parameters)
     assert set(config["policies"]) == set(POLICIES)
-    for name, budgets in config["policies"].items():
+    rows = [(name, budgets) for name, budgets in config["policies"].items()]
+    rows += [(row["policy"], row["budgets"]) for row in config["extra_rows"].values()]
+    for name, budgets in rows:
         assert set(budgets) <= set(inspect.signature(POLICIES[name]).parameters)

@@ -108,6 +108,7 @@ def bench_memory(
     minutes: list[float] = [1, 10, 60],  # noqa: B006 (jsonargparse reads the default)
     output: str = "docs/videoqa/memory.md",
     policies: dict[str, dict[str, Any]] | None = None,
+    extra_rows: dict[str, dict[str, Any]] | None = None,
     fps: float = 1.0,
     vision_window: int | None = 256,
     max_new_tokens: int = 4,
@@ -123,6 +124,8 @@ def bench_memory(
         world: a synthetic world to write the streams from when `streams` has no `items.json` yet.
         minutes: the lengths of the streams written from `world`.
         policies: {name: budgets}; default: every policy at its defaults.
+        extra_rows: more rows, {row name: {"policy", "budgets", "model"}}: a policy with another
+            model (e.g. one trained on that policy's contexts, `aligned.train_aligned`).
         fps: frames per second taken from the streams.
         vision_window: the backbone's temporal window, in frames.
         max_new_tokens: longest answer (a letter or yes / no).
@@ -133,8 +136,15 @@ def bench_memory(
     from streamformer.checkpoints import default_device
 
     policies = policies or {name: {} for name in ("full", "recent", "streamingvlm", "streamforest")}
-    net = StreamFormerForVideoQA.from_pretrained(model).to(default_device(device)).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    rows = {name: (name, budgets, model) for name, budgets in policies.items()}
+    for name, row in (extra_rows or {}).items():
+        if set(row) - {"policy", "budgets", "model"} or "policy" not in row:
+            raise ValueError(f"extra row {name!r} needs 'policy' (and optionally 'budgets', 'model'), got {sorted(row)}")
+        rows[name] = (row["policy"], row.get("budgets", {}), row.get("model", model))
+    loaded: dict[str, tuple[StreamFormerForVideoQA, Any]] = {}
+    for path in {path for _, _, path in rows.values()}:
+        net = StreamFormerForVideoQA.from_pretrained(path).to(default_device(device)).eval()
+        loaded[path] = (net, AutoTokenizer.from_pretrained(path))
     root = Path(streams)
     if not (root / "items.json").exists():
         if world is None:
@@ -146,12 +156,16 @@ def bench_memory(
     by_video: dict[str, list[TimedQuestion]] = defaultdict(list)
     for question in questions:
         by_video[question.video].append(question)
-    runs: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in policies}
+    runs: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in rows}
     for video, asked in sorted(by_video.items(), key=lambda kv: _minutes(root, kv[0])):
-        for name, budgets in policies.items():
+        for name, (policy, budgets, path) in rows.items():
             print(f"{name} on {video} ({len(asked)} questions)", flush=True)
-            runs[name][video] = run_policy(net, tokenizer, name, budgets, root / video, asked, fps, vision_window, max_new_tokens)
-    report = summarise(runs, questions, root, policies, fps)
+            runs[name][video] = run_policy(
+                *loaded[path], policy, budgets, root / video, asked, fps, vision_window, max_new_tokens
+            )
+    report = summarise(
+        runs, questions, root, {name: {"policy": p, "budgets": b, "model": m} for name, (p, b, m) in rows.items()}, fps
+    )
     write_report(report, output)
     return report
 
@@ -175,7 +189,7 @@ def summarise(runs, questions, root: Path, policies, fps: float) -> dict[str, An
             for v in lengths
         ]  # fmt: skip
         ratio = growth[-1]["frame_ms"] / growth[0]["frame_ms"] if len(growth) > 1 and growth[0]["frame_ms"] else None
-        rows[name] = {"budgets": policies[name], "categories": scores.categories, "overall": scores.overall,
+        rows[name] = {"setting": policies[name], "categories": scores.categories, "overall": scores.overall,
                       "growth": growth, "frame_ms_ratio": ratio}  # fmt: skip
     return {"fps": fps, "chance": {"categories": chance.categories, "overall": chance.overall}, "policies": rows}
 

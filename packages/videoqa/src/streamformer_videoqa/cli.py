@@ -7,6 +7,7 @@ streamformer-videoqa evaluate --model DIR --items ITEMS.json --media_root DIR --
 streamformer-videoqa stream VIDEO --model DIR --questions Q.json --policy recent --output answers.json
 streamformer-videoqa synthetic --world runs/world --backbone runs/pretrain-tiny/backbone --output runs/videoqa-tiny
 streamformer-videoqa demo      # the synthetic comparison behind `make videoqa-demo`
+streamformer-videoqa align --model DIR --world runs/world --output runs/videoqa-aligned   # trained on `recent`'s contexts
 streamformer-videoqa bench-memory --config configs/videoqa/memory-synthetic.yaml   # every memory policy, timed
 """
 
@@ -174,11 +175,15 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> VideoQACLI
     return VideoQACLI(VideoQATraining, VideoQADataModule, args=args, run=run, save_config_kwargs={"overwrite": True})
 
 
+FUNCTION_COMMANDS = ("build", "export", "evaluate", "stream", "synthetic", "demo", "bench-memory", "align")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["build"], ["export"], ["evaluate"], ["stream"], ["synthetic"], ["demo"], ["bench-memory"]):
+    if argv[:1] and argv[0] in FUNCTION_COMMANDS:
         from jsonargparse import CLI
 
+        from .aligned import train_aligned
         from .bench import bench_memory
         from .demo import run_seeds
         from .synthetic import write_synthetic
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             argv = ["stream", "--video", *argv[1:]]  # `stream VIDEO ...`: the video may come first, unnamed
         commands = {
             "build": build, "export": export, "evaluate": evaluate, "stream": stream, "synthetic": write_synthetic,
-            "demo": run_seeds, "bench-memory": bench_memory,
+            "demo": run_seeds, "bench-memory": bench_memory, "align": train_aligned,
         }  # fmt: skip
         CLI(commands, args=argv, as_positional=False)
         return
