@@ -4,10 +4,8 @@ logits), and the stage runs end to end."""
 
 import json
 
-import pytest
 import torch
 
-from streamformer.synthetic import WorldConfig, generate_world
 from streamformer.synthetic.streams import stream_items, write_stream
 from streamformer.testing import tiny_model
 from streamformer_videoqa import StreamFormerForVideoQA
@@ -17,13 +15,6 @@ from streamformer_videoqa.data import IGNORE, ConversationDataset, MediaOptions
 from streamformer_videoqa.memory import build_policy
 from streamformer_videoqa.session import StreamingSession, video_frames
 from streamformer_videoqa.synthetic import initial_model, tiny_language_model, world_tokenizer
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    generate_world(root, num_train=8, num_val=2, seed=0, config=WorldConfig(num_frames=24), progress=False)
-    return root
 
 
 def test_a_training_context_is_what_the_session_shows_the_lm(world, tmp_path):

@@ -5,19 +5,11 @@ import json
 
 import pytest
 
-from streamformer.synthetic import WorldConfig, generate_world
 from streamformer.testing import tiny_model
 from streamformer_videoqa.bench import chance_outcomes, questions_to_ask
 from streamformer_videoqa.benchmarks import aggregate, read_ovo_bench
 from streamformer_videoqa.cli import main
 from streamformer_videoqa.synthetic import initial_model
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    generate_world(root, num_train=4, num_val=12, seed=0, config=WorldConfig(num_frames=24), progress=False)
-    return root
 
 
 def test_bench_memory_runs_every_policy_on_the_same_asks(world, tmp_path):

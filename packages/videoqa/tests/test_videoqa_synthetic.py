@@ -4,19 +4,9 @@ and letters match the world's questions, and the world tokenizer knows every wor
 import json
 from pathlib import Path
 
-import pytest
-
-from streamformer.synthetic import WorldConfig, generate_world
 from streamformer_videoqa.data import encode_conversation, read_items
 from streamformer_videoqa.evaluate import is_right
 from streamformer_videoqa.synthetic import convert_world, world_tokenizer
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    generate_world(root, num_train=6, num_val=3, seed=0, config=WorldConfig(num_frames=24), progress=False)
-    return root
 
 
 def test_demo_runs_every_variant_and_reports_the_spread(world, tmp_path):
