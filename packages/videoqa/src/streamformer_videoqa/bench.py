@@ -157,14 +157,15 @@ def bench_memory(
     for question in questions:
         by_video[question.video].append(question)
     runs: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in rows}
-    for video, asked in sorted(by_video.items(), key=lambda kv: _minutes(root, kv[0])):
+    durations = {video: _minutes(root, video) for video in by_video}  # each video's length, read once
+    for video, asked in sorted(by_video.items(), key=lambda kv: durations[kv[0]]):
         for name, (policy, budgets, path) in rows.items():
             print(f"{name} on {video} ({len(asked)} questions)", flush=True)
             runs[name][video] = run_policy(
                 *loaded[path], policy, budgets, root / video, asked, fps, vision_window, max_new_tokens
             )
     report = summarise(
-        runs, questions, root, {name: {"policy": p, "budgets": b, "model": m} for name, (p, b, m) in rows.items()}, fps
+        runs, questions, durations, {name: {"policy": p, "budgets": b, "model": m} for name, (p, b, m) in rows.items()}, fps
     )
     write_report(report, output)
     return report
@@ -176,14 +177,14 @@ def _minutes(root: Path, video: str) -> float:
     return video_info(root / video).duration / 60
 
 
-def summarise(runs, questions, root: Path, policies, fps: float) -> dict[str, Any]:
+def summarise(runs, questions, durations: dict[str, float], policies, fps: float) -> dict[str, Any]:
     chance = aggregate(o for q in questions for o in chance_outcomes(q))
     rows = {}
     for name, per_video in runs.items():
         scores = aggregate(o for run in per_video.values() for o in run["outcomes"])
-        lengths = sorted(per_video, key=lambda v: _minutes(root, v))
+        lengths = sorted(per_video, key=durations.__getitem__)
         growth = [
-            {"video": v, "minutes": round(_minutes(root, v), 2), **{k: per_video[v][k] for k in (
+            {"video": v, "minutes": round(durations[v], 2), **{k: per_video[v][k] for k in (
                 "frames", "frame_ms", "first_token_ms", "answer_ms", "peak_tokens", "peak_mib", "unanswered", "asks")},
              "accuracy": aggregate(per_video[v]["outcomes"]).overall}
             for v in lengths

@@ -116,7 +116,9 @@ class StreamingSession:
         user_open, self._close, between = chat_pieces(tokenizer)
         # After an answer the end token is already there (generated): the rest reopens a user turn.
         eos = tokenizer.eos_token or ""
-        self._reopen = between[len(eos) :] if eos and between.startswith(eos) else between
+        reopen = between[len(eos) :] if eos and between.startswith(eos) else between
+        self._reopen_ids = self._ids(reopen)  # after an answer that ended with the end token
+        self._end_reopen_ids = self._ids(eos + reopen)  # after one cut at max_new_tokens
         self._prompt = user_open + (f"{instruction}\n" if instruction else "")
         self.reset()
 
@@ -183,7 +185,7 @@ class StreamingSession:
                 self.lm.append(memory[None].to(self.lm_dtype))
             ids = self._ids(f"\n{question}{self._close}")
             # Room for the question, the longest answer and the reopening of the user turn after it.
-            closing = len(self._ids(self.tokenizer.eos_token + self._reopen)) if self.policy.frames_in_cache else 0
+            closing = len(self._end_reopen_ids) if self.policy.frames_in_cache else 0
             self._check_room(len(ids) + self.max_new_tokens + closing, f"question {id or question[:40]!r}")
             logits = self.lm.append(self._embed(ids))
             answer.prefill_s = time.perf_counter() - start
@@ -195,7 +197,7 @@ class StreamingSession:
             return answer
         answer.reply = self.tokenizer.decode(reply, skip_special_tokens=True).strip()
         if self.policy.frames_in_cache:
-            reopen = self._ids(self._reopen if reply[-1] in self.stop_ids else self.tokenizer.eos_token + self._reopen)
+            reopen = self._reopen_ids if reply[-1] in self.stop_ids else self._end_reopen_ids
             self.lm.append(self._embed(reopen))
             self.spans.append(Span("round", self.lm.length - rollback, time_s))
             self._evict()

@@ -149,24 +149,15 @@ class StreamForestMemory(MemoryPolicy):
     def _consolidate(self) -> None:
         g, a, b = self.weights
         most_merges = max(e.merges for e in self.events)
-        costs = []
-        for left, right in zip(self.events, self.events[1:], strict=False):
+        candidates = []  # (cost, the pair's index, the merged event): each pair merged once
+        for i, (left, right) in enumerate(zip(self.events, self.events[1:], strict=False)):
             slots = math.ceil((left.slots + right.slots) / 2)
-            scores = merge_tokens(torch.cat([left.tokens, right.tokens]), slots * self.long_tokens_per_frame)[2]
+            frames = left.frames + right.frames
+            tokens, _, scores = merge_tokens(torch.cat([left.tokens, right.tokens]), slots * self.long_tokens_per_frame)
             similarity = float(scores.mean()) if len(scores) else 1.0
-            centre = (left.centre * left.frames + right.centre * right.frames) / (left.frames + right.frames)
+            centre = (left.centre * left.frames + right.centre * right.frames) / frames
             merges = (left.merges + right.merges) / 2
-            costs.append(g * (1 - similarity) + a * centre / self.frames_seen + b * merges / (most_merges + 1e-6))
-        i = min(range(len(costs)), key=costs.__getitem__)
-        left, right = self.events[i], self.events[i + 1]
-        slots = math.ceil((left.slots + right.slots) / 2)
-        frames = left.frames + right.frames
-        self.events[i : i + 2] = [
-            Event(
-                merge_tokens(torch.cat([left.tokens, right.tokens]), slots * self.long_tokens_per_frame)[0],
-                frames,
-                slots,
-                (left.centre * left.frames + right.centre * right.frames) / frames,
-                left.merges + right.merges,
-            )
-        ]
+            cost = g * (1 - similarity) + a * centre / self.frames_seen + b * merges / (most_merges + 1e-6)
+            candidates.append((cost, i, Event(tokens, frames, slots, centre, left.merges + right.merges)))
+        _, i, merged = min(candidates, key=lambda candidate: (candidate[0], candidate[1]))
+        self.events[i : i + 2] = [merged]
