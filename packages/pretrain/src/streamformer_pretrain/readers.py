@@ -25,10 +25,10 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from streamformer.masks import decode_segmentation, pseudo_video
 from streamformer.video import VideoReadError, open_video, preprocess, read_frames, segment_indices
 
 from .sampling import sampled_indices
@@ -438,12 +438,6 @@ class LocalizationDataset(TaskDataset):
         return {"video": video, "frame_labels": labels, "dataset": sample["dataset"]}
 
 
-def _decode_rle(segmentation: dict, height: int, width: int) -> np.ndarray:
-    if isinstance(segmentation.get("counts"), list):  # uncompressed RLE (YouTube-VIS)
-        segmentation = mask_utils.frPyObjects(segmentation, height, width)
-    return mask_utils.decode(segmentation)
-
-
 class VisDataset(TaskDataset):
     """YouTube-VIS JSON; target = semantic map [T, S, S] of category ids (0 background).
 
@@ -485,7 +479,7 @@ class VisDataset(TaskDataset):
         for ann in sorted(anns, key=lambda a: a["category_id"]):
             for t, i in enumerate(offsets):
                 if (seg := ann["segmentations"][i]) is not None:
-                    semantic[t][torch.from_numpy(_decode_rle(seg, h, w)).bool()] = ann["category_id"]
+                    semantic[t][torch.from_numpy(decode_segmentation(seg, h, w)).bool()] = ann["category_id"]
         if not semantic.any():
             raise BrokenSample("empty mask in every sampled frame")
         video, mask = self.transform(frames, generator, semantic)
@@ -518,7 +512,7 @@ class ReferringDataset(TaskDataset):
             for t, i in enumerate(indices):
                 if (seg := per_frame[i]) is None:
                     continue
-                decoded = torch.from_numpy(_decode_rle(seg, *seg["size"])).bool()
+                decoded = torch.from_numpy(decode_segmentation(seg, *seg["size"])).bool()
                 if target is None:
                     target = torch.zeros(len(indices), *decoded.shape, dtype=torch.bool)
                 target[t] |= decoded
@@ -528,36 +522,12 @@ class ReferringDataset(TaskDataset):
         return {"video": video, "caption": row["text"], "mask": mask}
 
 
-def _decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
-    """A COCO segmentation -> uint8 mask [H, W]: polygons (flat x, y lists), uncompressed or compressed RLE."""
-    if isinstance(segmentation, dict):
-        return _decode_rle(segmentation, height, width)
-    polygons = [p for p in segmentation if len(p) >= 6]  # frPyObjects would read 4 numbers as a box
-    if not polygons:
-        return np.zeros((height, width), dtype=np.uint8)
-    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))
-
-
 def _pseudo_video(path: Path, mask: Tensor, clip_length: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """An image and its integer mask [H, W] as a still clip: uint8 frames [T, H, W, 3], masks [T, H, W].
-
-    With a `generator` (training) every copy is rotated by its own angle ~ U(-15, 15) degrees about
-    the image centre jittered by up to a tenth of the width and height (frame bilinear, mask
-    nearest, zeros outside), as the original's COCO pseudo-videos; without, the copies are equal.
-    """
+    """The image at `path` and its integer mask [H, W] as a still clip (`pseudo_video`)."""
     image = Image.open(path).convert("RGB")
     if (image.height, image.width) != tuple(mask.shape):
         raise BrokenSample(f"image is {image.height}x{image.width}, its annotation {mask.shape[0]}x{mask.shape[1]}")
-    if generator is None:
-        return torch.from_numpy(np.array(image))[None].repeat(clip_length, 1, 1, 1), mask[None].repeat(clip_length, 1, 1)
-    labels = Image.fromarray(mask.numpy().astype(np.int32))  # mode "I": class ids survive the rotation
-    frames, masks = [], []
-    for _ in range(clip_length):
-        angle, dx, dy = (2 * torch.rand(3, generator=generator, dtype=torch.float64) - 1).tolist()
-        centre = (image.width * (0.5 + dx / 10), image.height * (0.5 + dy / 10))
-        frames.append(np.asarray(image.rotate(15 * angle, resample=Image.Resampling.BILINEAR, center=centre)))
-        masks.append(np.asarray(labels.rotate(15 * angle, resample=Image.Resampling.NEAREST, center=centre)))
-    return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(masks)).to(mask.dtype)
+    return pseudo_video(image, mask, clip_length, generator)
 
 
 class CocoPseudoVisDataset(TaskDataset):
@@ -606,7 +576,7 @@ class CocoPseudoVisDataset(TaskDataset):
         h, w = image["height"], image["width"]
         semantic = torch.zeros(h, w, dtype=torch.long)
         for ann in sorted(anns, key=lambda a: self.category_ids[a["category_id"]]):
-            decoded = torch.from_numpy(_decode_segmentation(ann["segmentation"], h, w)).bool()
+            decoded = torch.from_numpy(decode_segmentation(ann["segmentation"], h, w)).bool()
             semantic[decoded] = self.category_ids[ann["category_id"]]
         frames, masks = _pseudo_video(
             self.image_root / image["file_name"], semantic, self.options.clip_length, generator if self.options.train else None
@@ -635,7 +605,7 @@ class RefCocoPseudoDataset(TaskDataset):
 
     def load(self, sample, generator):
         image, ann = sample
-        target = torch.from_numpy(_decode_segmentation(ann["segmentation"], image["height"], image["width"])).long()
+        target = torch.from_numpy(decode_segmentation(ann["segmentation"], image["height"], image["width"])).long()
         frames, masks = _pseudo_video(
             self.image_root / image["file_name"], target, self.options.clip_length, generator if self.options.train else None
         )

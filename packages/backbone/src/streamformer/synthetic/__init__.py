@@ -21,6 +21,7 @@ Small (64x64, 8 fps, 6 s) videos of coloured shapes whose actions are only visib
 hour) with timed questions in OVO-Bench's layout, for streaming video QA.
 """
 
+from ..masks import compressed_rle, uncompressed_rle
 from .generate import WorldSummary, generate_world
 from .world import (
     ACTIONS,
@@ -37,7 +38,7 @@ from .world import (
     sample_scene,
     words,
 )
-from .writers import OAD_CLASSES, VIS_CATEGORIES, compressed_rle, oad_targets, qa_items, uncompressed_rle
+from .writers import OAD_CLASSES, VIS_CATEGORIES, oad_targets, qa_items
 
 __all__ = [
     "ACTIONS",

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
+from ..masks import compressed_rle, mask_bbox, uncompressed_rle
 from ..video import write_video
 from .world import ACTIONS, COLOURS, DATASET, SHAPES, Scene
 
@@ -27,28 +27,6 @@ OAD_FPS = 4
 VIS_CATEGORIES = {shape: i + 1 for i, shape in enumerate(SHAPES)}  # 0 is background
 QA_OPTIONS = 4
 OBJECT_NAMES = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
-
-
-def uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
-    """YouTube-VIS per-frame RLE: run lengths over the column-major pixels, starting with a 0-run."""
-    flat = mask.ravel(order="F")
-    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    counts = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
-    if flat[0]:
-        counts.insert(0, 0)
-    return {"counts": counts, "size": list(mask.shape)}
-
-
-def compressed_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO compressed RLE with the counts as str (JSON-ready), as MeViS stores masks."""
-    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def mask_bbox(mask: np.ndarray) -> list[float]:
-    """[x, y, width, height] of the mask's pixels."""
-    ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
 
 
 def oad_targets(scene: Scene) -> np.ndarray:
