@@ -1,0 +1,1 @@
+"""Online video instance segmentation on StreamFormer (CTVIS on a ViT-Adapter, pure PyTorch)."""
