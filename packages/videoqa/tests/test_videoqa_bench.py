@@ -22,7 +22,7 @@ def test_bench_memory_runs_every_policy_on_the_same_asks(world, tmp_path):
                 "streamforest": {"short_frames": 2, "short_tokens": 2, "event_window": 2, "long_tokens_per_frame": 1,
                                  "long_quota": 6}}  # fmt: skip
     main(["bench-memory", "--model", str(tmp_path / "model"), "--streams", str(tmp_path / "streams"), "--world", str(world),
-          "--minutes", "[0.25, 0.5]", "--policies", json.dumps(policies), "--fps", "2", "--vision_window", "8",
+          "--minutes", "[0.25, 0.5]", "--policies", json.dumps(policies), "--fps", "2", "--vision_window", "8", "--fresh_seconds", "5",
           "--output", str(tmp_path / "memory.md"), "--device", "cpu"])  # fmt: skip
     report = json.loads((tmp_path / "memory.json").read_text())
     questions = read_ovo_bench(tmp_path / "streams" / "items.json")
@@ -37,5 +37,9 @@ def test_bench_memory_runs_every_policy_on_the_same_asks(world, tmp_path):
     full = report["policies"]["full"]["growth"][-1]
     assert full["unanswered"] > 0 and full["peak_tokens"] <= 160  # refused at the context, never past it
     assert report["policies"]["recent"]["growth"][-1]["peak_tokens"] <= 1 + 2 * 4 + 40
+    for name in ("recent", "streamingvlm", "streamforest"):  # 10-frame fresh sessions beside frames 20, 30, ... 60
+        longest = report["policies"][name]["growth"][-1]
+        assert longest["pairs"] == 5 and report["policies"][name]["frame_ms_ratio"] == longest["paired_ratio"] > 0
     text = (tmp_path / "memory.md").read_text()
+    assert "- recent: " in text and "(5 pairs)" in text
     assert "| chance |" in text and "| streamforest | 0.5 |" in text and (tmp_path / "memory.png").stat().st_size > 0
