@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constra
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo stream-demo oad-demo videoqa-demo streaming-qa-demo ovis-demo seeds ablation-temporal ablation-tasks test lint bench clean
+.PHONY: setup demo stream-demo oad-demo videoqa-demo streaming-qa-demo ovis-demo ovis-seeds seeds ablation-temporal ablation-tasks test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -87,13 +87,15 @@ streaming-qa-demo: setup
 
 # Online video instance segmentation on the synthetic world (after `make demo`): CTVIS on a
 # ViT-Adapter around the pretrained tiny backbone, trained on the world's instance masks, every
-# held-out video streamed frame by frame through the cache and the tracker; AP / AR of the trained
-# model, of the same with the temporal gates off, and of the untrained model, over SEEDS
-# (docs/ovis/synthetic.md), and one held-out video's tracks drawn (docs/ovis/overlay.png).
-ovis-demo: setup
+# held-out video streamed through the cache and the tracker; AP / AR of the trained model, of the
+# same with the temporal gates off, and of the untrained model. `ovis-demo`: seed 0 (about 10
+# minutes; runs/ovis/demo/); `ovis-seeds`: seeds 0-2, mean ± std (about 30 minutes, finished runs
+# reused; docs/ovis/synthetic.md and one held-out video's tracks drawn, docs/ovis/overlay.png).
+OVIS := $(BIN)/streamformer-ovis demo --backbone $(TINY)/backbone --world runs/world
+ovis-demo ovis-seeds: setup
 	test -f $(TINY)/backbone/config.json || $(MAKE) demo
 	test -f runs/world/vis/val_Synthetic.json || $(BIN)/streamformer synthetic runs/world
-	$(BIN)/streamformer-ovis demo --backbone $(TINY)/backbone --world runs/world --seeds "[$(subst $(eval) ,$(comma),$(strip $(SEEDS)))]"
+	$(if $(filter ovis-demo,$@),$(OVIS) --seeds "[0]" --docs runs/ovis/demo,$(OVIS) --seeds "[$(subst $(eval) ,$(comma),$(strip $(SEEDS)))]" --docs docs/ovis)
 
 # Streaming only: a random tiny StreamFormer on one synthetic clip (seconds).
 stream-demo: setup

@@ -18,8 +18,8 @@ from streamformer_ovis.data import (
     VisVideos,
     clip_indices,
     collate_clips,
-    read_ytvis,
     evaluation_frames,
+    read_ytvis,
 )
 
 

@@ -12,7 +12,7 @@ import torch
 from streamformer.synthetic import WorldConfig, generate_world
 from streamformer.testing import tiny_model
 from streamformer_ovis.cli import evaluate, lightning_cli, predict
-from streamformer_ovis.data import read_frames, evaluation_frames
+from streamformer_ovis.data import evaluation_frames, read_frames
 
 HEAD = (
     "{num_queries: 6, feature_size: 32, mask_feature_size: 32, hidden_dim: 32, encoder_feedforward_dim: 64, "

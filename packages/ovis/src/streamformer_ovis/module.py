@@ -52,6 +52,8 @@ class OnlineVISTraining(L.LightningModule):
         lr, backbone_lr_multiplier, weight_decay, lr_steps: optimiser and schedule.
         gates_off: zero and freeze the backbone's temporal gates (frames encoded alone; an ablation).
         predictions: write each validation's YouTube-VIS result rows to this JSON file.
+        val_chunk: frames per forward when validating: the stream through the cache gives the
+            same outputs in any chunks (causal), and chunks amortise per-call overhead.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class OnlineVISTraining(L.LightningModule):
         lr_steps: list[int] | None = None,
         gates_off: bool = False,
         predictions: str | None = None,
+        val_chunk: int = 16,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -103,7 +106,7 @@ class OnlineVISTraining(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         video, frames = batch["video"], batch["frames"]
         encode = mask_encoder(batch["resized"], (video.height, video.width))
-        instances, _ = self.model.track(frames, self.tracker_config, encode_mask=encode)
+        instances, _ = self.model.track(frames, self.tracker_config, self.hparams.val_chunk, encode)
         self.results[video.id] = video_results(instances, video.id, self.categories.ids)
 
     test_step = validation_step
