@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamformer.synthetic import WorldConfig, generate_world
-from streamformer.testing import tiny_model
 from streamformer_ovis.cli import evaluate, lightning_cli, predict
 from streamformer_ovis.data import evaluation_frames, read_frames
 
@@ -18,15 +16,6 @@ HEAD = (
     "{num_queries: 6, feature_size: 32, mask_feature_size: 32, hidden_dim: 32, encoder_feedforward_dim: 64, "
     "encoder_layers: 1, decoder_layers: 3, num_attention_heads: 4, dim_feedforward: 64, train_num_points: 256}"
 )
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A 64 px world (6 training, 3 held-out 16-frame videos) and a random 4-layer tiny backbone."""
-    root = tmp_path_factory.mktemp("ovis")
-    generate_world(root / "world", num_train=6, num_val=3, seed=0, config=WorldConfig(num_frames=16), progress=False)
-    tiny_model(image_size=64, patch_size=8, num_hidden_layers=4, num_frames=8, lora_rank=4).save_pretrained(root / "backbone")
-    return root
 
 
 def args(root, *extra):
