@@ -33,8 +33,6 @@ from .model import OnlineVISModel, mask_encoder, video_results
 from .tracker import TrackerConfig
 from .ytvis_eval import evaluate_ytvis
 
-NO_DECAY = ("norm", "embed", "level_embed", "queries", "bias")
-
 
 class OnlineVISTraining(L.LightningModule):
     """CTVIS on a StreamFormer ViT-Adapter.
@@ -122,7 +120,8 @@ class OnlineVISTraining(L.LightningModule):
         results = [row for rows in per_video.values() for row in rows]
         ground_truth = subset_ground_truth(self.trainer.datamodule.val_source.json, set(per_video))
         stats = evaluate_ytvis(ground_truth, results)
-        self.log_dict({f"val/{k}": v for k, v in stats.items()}, batch_size=1)
+        stage = "test" if self.trainer.testing else "val"
+        self.log_dict({f"{stage}/{k}": v for k, v in stats.items()}, batch_size=1)
         if self.hparams.predictions and self.trainer.is_global_zero:
             Path(self.hparams.predictions).parent.mkdir(parents=True, exist_ok=True)
             Path(self.hparams.predictions).write_text(json.dumps(results))
@@ -131,12 +130,15 @@ class OnlineVISTraining(L.LightningModule):
     on_test_epoch_end = on_validation_epoch_end
 
     def configure_optimizers(self):
+        # No weight decay on norms, biases and embeddings (1-d parameters, nn.Embedding tables and
+        # the adapter's level embedding), as the original.
+        embeddings = {id(m.weight) for m in self.model.modules() if isinstance(m, nn.Embedding)}
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for name, param in self.model.named_parameters():
             if not param.requires_grad:
                 continue
             in_backbone = name.startswith("adapter.")
-            no_decay = param.ndim <= 1 or any(word in name for word in NO_DECAY)
+            no_decay = param.ndim <= 1 or id(param) in embeddings or name.endswith("level_embed")
             groups.setdefault((in_backbone, no_decay), []).append(param)
         h = self.hparams
         optimizer = torch.optim.AdamW(
