@@ -34,11 +34,10 @@ from .model import StreamFormerForVideoQA
 from .session import video_frames
 
 
-def reply_of(question: TimedQuestion, ask: dict[str, Any]) -> str:
-    """The right reply to one ask: the option letter, or the probe's yes / no."""
-    if question.probes is None:
-        return question.answer
-    return question.probes[int(str(ask["id"]).rsplit("/", 1)[1])].answer
+def replies(question: TimedQuestion) -> list[str]:
+    """The right reply to each of the question's asks (`questions_to_ask`, in its order): the
+    option letter, or each probe's yes / no."""
+    return [question.answer] if question.probes is None else [probe.answer for probe in question.probes]
 
 
 @torch.inference_mode()
@@ -56,21 +55,26 @@ def recent_contexts(
     tower = model.vision_tower
     cache = tower.new_cache(1, vision_window, dtype=tower.dtype, device=tower.device)
     asks = sorted(
-        ((question, ask) for question in questions for ask in questions_to_ask(question)), key=lambda qa: qa[1]["time_s"]
+        (
+            (ask, reply)
+            for question in questions
+            for ask, reply in zip(questions_to_ask(question), replies(question), strict=True)
+        ),
+        key=lambda pair: pair[0]["time_s"],
     )
     kept: deque[Tensor] = deque(maxlen=frames)
     items, features = [], {}
     pending = iter(asks)
     current = next(pending, None)
     for time_s, frame in video_frames(video, fps, model.config.vision_config.image_size):
-        while current is not None and current[1]["time_s"] < time_s:
+        while current is not None and current[0]["time_s"] < time_s:
             if len(kept) == frames:
-                question, ask = current
+                ask, reply = current
                 key = f"{Path(video).stem}/{ask['id']}"
                 features[key] = torch.stack(list(kept)).cpu()
                 items.append({"id": key, "video": key, "conversations": [
                     {"from": "human", "value": f"<video>\n{question_text(ask)}"},
-                    {"from": "gpt", "value": reply_of(question, ask)}]})  # fmt: skip
+                    {"from": "gpt", "value": reply}]})  # fmt: skip
             current = next(pending, None)
         hidden = tower(frame[None, None].to(tower.device, tower.dtype), cache=cache).last_hidden_state
         kept.append(hidden[0, 0])
