@@ -15,6 +15,7 @@ AR1 and AR10, and an overlay of seed 0's trained model on one held-out video goe
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,9 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     write_table(stats, seeds, out / "synthetic.md")
     held_out = video or str(sorted((root / "vis" / "JPEGImages").iterdir())[-1])
-    predict(held_out, str(Path(output) / f"seed{seeds[0]}" / "trained" / "model.ckpt"), str(out / "overlay"), mp4=False)
-    (out / "overlay" / "strip.png").replace(out / "overlay.png")
+    drawn = Path(output) / f"seed{seeds[0]}" / "trained" / "overlay"
+    predict(held_out, str(Path(output) / f"seed{seeds[0]}" / "trained" / "model.ckpt"), str(drawn), mp4=False)
+    shutil.copyfile(drawn / "strip.png", out / "overlay.png")
     print((out / "synthetic.md").read_text())
     return stats
 

@@ -50,8 +50,15 @@ def track_colour(track: int) -> tuple[int, int, int]:
     return int(255 * r), int(255 * g), int(255 * b)
 
 
+MIN_SIDE = 256  # small frames are enlarged (nearest) before drawing, so that labels stay legible
+
+
 def draw_instances(frame: np.ndarray, masks: list[tuple[int, str, np.ndarray]], alpha: float = 0.5) -> Image.Image:
     """One frame with each (track number, label, bool mask) blended in its colour and labelled."""
+    scale = max(1, -(-MIN_SIDE // min(frame.shape[:2])))
+    if scale > 1:
+        frame = frame.repeat(scale, 0).repeat(scale, 1)
+        masks = [(number, label, mask.repeat(scale, 0).repeat(scale, 1)) for number, label, mask in masks]
     out = frame.astype(np.float32)
     for number, _, mask in masks:
         out[mask] = (1 - alpha) * out[mask] + alpha * np.array(track_colour(number), dtype=np.float32)
