@@ -69,27 +69,16 @@ def evaluate(
         output: also write the table here (Markdown) and the numbers beside it (.json).
         device: where the model runs (default: CUDA when available).
     """
-    import inspect
-
-    import torch
     import yaml
 
     from streamformer.checkpoints import default_device
 
+    from .ar import checkpoint_datamodule
     from .evaluate import evaluate as run_evaluation
     from .evaluate import format_table, held_out_datasets, load_checkpoint, save_results
-    from .module import MultiTaskDataModule
     from .readers import ClipOptions
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    accepted = inspect.signature(MultiTaskDataModule.__init__).parameters  # LightningCLI adds `_instantiator`
-    saved = dict(state.get("datamodule_hyper_parameters", {}))
-    if "num_frames" in saved:  # checkpoints written before the clip length had its own name
-        saved.setdefault("clip_length", saved.pop("num_frames"))
-    data_args = {k: v for k, v in saved.items() if k in accepted}
-    if not data_args.get("task_files"):
-        data_args["root"] = root  # a world-trained model: its world may have moved
-    datamodule = MultiTaskDataModule(**data_args)
+    datamodule = checkpoint_datamodule(checkpoint, root)  # a world-trained model: its world may have moved
     device = default_device(device)
     module = load_checkpoint(checkpoint, datamodule).to(device)
     files = yaml.safe_load(Path(task_files).read_text()) if task_files else None

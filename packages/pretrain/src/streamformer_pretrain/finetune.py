@@ -44,7 +44,7 @@ from .data import collate
 from .readers import ActionRecognitionDataset as _ReaderDataset
 from .readers import BrokenSample, ClipOptions, SkipRateExceeded, open_clip_video
 from .sampling import derive_seed
-from .transforms import _randint, _uniform
+from .transforms import _randint, _uniform, random_resized_crop
 
 Mode = Literal["full", "spatial_lora", "lora", "linear"]
 Pooling = Literal["global", "mean"]
@@ -538,35 +538,6 @@ class ARFinetuning(L.LightningModule):
 
 # ---------------------------------------------------------------------------------------------
 # Data
-
-
-def random_resized_crop(
-    frames: Tensor,
-    size: int,
-    generator: torch.Generator,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> Tensor:
-    """uint8 frames [T, H, W, 3] -> float [T, 3, size, size] in [-1, 1]: a window of random area
-    (`scale` of the frame) and aspect ratio (log-uniform in `ratio`), the same for every frame,
-    resized; the frame centre-cropped to the ratio bounds when ten draws find no window that fits
-    (torchvision's RandomResizedCrop; `transforms.resized_crop` without its PIL RandAugment)."""
-    x = frames.permute(0, 3, 1, 2).float()
-    h, w = x.shape[-2:]
-    for _ in range(10):
-        area = h * w * _uniform(generator, *scale)
-        aspect = math.exp(_uniform(generator, math.log(ratio[0]), math.log(ratio[1])))
-        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-        if 0 < cw <= w and 0 < ch <= h:
-            top, left = _randint(generator, 0, h - ch), _randint(generator, 0, w - cw)
-            break
-    else:
-        aspect = min(max(w / h, ratio[0]), ratio[1])
-        cw, ch = (w, round(w / aspect)) if w / h < aspect else (round(h * aspect), h)
-        cw, ch = min(cw, w), min(ch, h)
-        top, left = (h - ch) // 2, (w - cw) // 2
-    x = F.interpolate(x[..., top : top + ch, left : left + cw], size=(size, size), mode="bilinear", antialias=True)
-    return normalise(x)
 
 
 def spatial_crops(frames: Tensor, size: int, crops: int) -> list[Tensor]:

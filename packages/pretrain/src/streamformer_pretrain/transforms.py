@@ -76,10 +76,22 @@ def resized_crop(
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> Tensor:
-    """RandAugment, then a crop of random area (`scale` of the frame) and aspect ratio (log-uniform
-    in `ratio`) resized to `size` x `size`; the whole frame centre-cropped to the ratio bounds
-    when ten draws find no window that fits (as torchvision's RandomResizedCrop)."""
-    x = rand_augment(frames, generator).permute(0, 3, 1, 2).float()
+    """RandAugment, then `random_resized_crop`."""
+    return random_resized_crop(rand_augment(frames, generator), size, generator, scale, ratio)
+
+
+def random_resized_crop(
+    frames: Tensor,
+    size: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Tensor:
+    """uint8 frames [T, H, W, 3] -> float [T, 3, size, size] in [-1, 1]: a window of random area
+    (`scale` of the frame) and aspect ratio (log-uniform in `ratio`), the same for every frame,
+    resized; the frame centre-cropped to the ratio bounds when ten draws find no window that fits
+    (as torchvision's RandomResizedCrop)."""
+    x = frames.permute(0, 3, 1, 2).float()
     h, w = x.shape[-2:]
     for _ in range(10):
         area = h * w * _uniform(generator, *scale)
