@@ -245,3 +245,16 @@ def test_commands_end_to_end(world, checkpoint, tmp_path, capsys, monkeypatch):
 
     main(["export", str(checkpoint), str(tmp_path / "backbone")])  # the positional commands still dispatch
     assert "wrote the backbone" in capsys.readouterr().out
+
+
+def test_ar_curves_command(world, checkpoint, tmp_path):
+    """The trained, gates-off and before-pretraining curves: one point per frame, the trained
+    curve's last point its global top-1, the table and the plot written."""
+    main(["ar-curves", "--checkpoint", str(checkpoint), "--root", str(world.root), "--output", str(tmp_path / "cli.md"),
+          "--device", "cpu"])  # fmt: skip
+    results = ar.streaming_curves(checkpoint, world.root, tmp_path / "curves.md", device="cpu")
+    assert (tmp_path / "cli.md").read_text() == (tmp_path / "curves.md").read_text()
+    assert set(results) == {"trained", "trained, gates off", "before pretraining"}
+    for result in results.values():
+        assert len(result["curve"]) == result["clip_length"] and result["curve"][-1] == pytest.approx(result["top1"])
+    assert (tmp_path / "curves.png").stat().st_size > 0 and "| before pretraining |" in (tmp_path / "curves.md").read_text()

@@ -7,6 +7,7 @@ streamformer-pretrain export CHECKPOINT.ckpt OUTPUT_DIR
 streamformer-pretrain zero-shot --checkpoint CKPT --csv val.csv --video_root DIR --label2id label2id.json [--output r.json]
 streamformer-pretrain linear-probe --checkpoint CKPT --train_csv train.csv --val_csv val.csv --video_root DIR \
     --label2id label2id.json --cache DIR [--feature global|mean] [--seeds [0,1,2]] [--output r.json]
+streamformer-pretrain ar-curves --checkpoint CKPT --root runs/world --output docs/pretrain/ar-streaming.md
 streamformer-pretrain finetune fit --config configs/ar/k400-finetune.yaml   # full / LoRA / linear AR fine-tuning
 """
 
@@ -245,10 +246,13 @@ def main(argv: list[str] | None = None) -> None:
 
         CLI({"export": export, "evaluate": evaluate}, args=argv, as_positional=True)
         return
-    if argv[:1] in (["zero-shot"], ["linear-probe"]):  # every argument by name (--checkpoint ...)
+    if argv[:1] in (["zero-shot"], ["linear-probe"], ["ar-curves"]):  # every argument by name (--checkpoint ...)
         from jsonargparse import CLI
 
-        CLI({"zero-shot": zero_shot, "linear-probe": linear_probe}, args=argv, as_positional=False)
+        from .ar import streaming_curves
+
+        commands = {"zero-shot": zero_shot, "linear-probe": linear_probe, "ar-curves": streaming_curves}
+        CLI(commands, args=argv, as_positional=False)
         return
     if argv[:1] == ["finetune"]:  # AR fine-tuning: its own LightningCLI (fit / validate / test)
         from .finetune import finetune_cli
