@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constra
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo stream-demo oad-demo videoqa-demo streaming-qa-demo ovis-demo ovis-seeds seeds ablation-temporal ablation-tasks test lint bench clean
+.PHONY: setup demo stream-demo oad-demo videoqa-demo streaming-qa-demo ovis-demo ovis-seeds ar-demo seeds ablation-temporal ablation-tasks test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -84,6 +84,15 @@ streaming-qa-demo: setup
 	test -f runs/videoqa-aligned/model/tokenizer.json || $(BIN)/streamformer-videoqa align \
 		--model runs/videoqa/seed0/video/stage3 --world runs/world --output runs/videoqa-aligned
 	$(BIN)/streamformer-videoqa bench-memory --config configs/videoqa/memory-synthetic.yaml
+
+# Action recognition on the synthetic world (after `make demo`): zero-shot, linear probe and LoRA
+# fine-tuning of the pretrained backbone, the same with its temporal gates off and the model as
+# initialised before pretraining, over SEEDS (docs/pretrain/ar-synthetic.md), and zero-shot
+# top-1 by frames seen (docs/pretrain/ar-streaming.md).
+ar-demo: setup
+	test -f $(TINY)/checkpoints/last.ckpt || $(MAKE) demo
+	$(BIN)/streamformer-pretrain ar-curves --checkpoint $(TINY)/checkpoints/last.ckpt --root runs/world --output docs/pretrain/ar-streaming.md
+	$(BIN)/streamformer-pretrain ar-demo --checkpoint $(TINY)/checkpoints/last.ckpt --world runs/world --seeds "[$(subst $(eval) ,$(comma),$(strip $(SEEDS)))]"
 
 # Online video instance segmentation on the synthetic world (after `make demo`): CTVIS on a
 # ViT-Adapter around the pretrained tiny backbone, trained on the world's instance masks, every

@@ -5,6 +5,7 @@ linear probe, and the two commands end to end on a tiny checkpoint."""
 import copy
 import csv
 import json
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -258,3 +259,18 @@ def test_ar_curves_command(world, checkpoint, tmp_path):
     for result in results.values():
         assert len(result["curve"]) == result["clip_length"] and result["curve"][-1] == pytest.approx(result["top1"])
     assert (tmp_path / "curves.png").stat().st_size > 0 and "| before pretraining |" in (tmp_path / "curves.md").read_text()
+
+
+def test_ar_demo_table(world, checkpoint, tmp_path):
+    """Every row read out three ways, resumed from its results on a second run."""
+    from streamformer_pretrain.ar_demo import ROWS, run_ar_demo
+
+    config = str(Path(__file__).parents[3] / "configs" / "ar" / "synthetic-lora.yaml")
+    args = dict(checkpoint=str(checkpoint), world=str(world.root), seeds=[0], output=str(tmp_path / "runs"),
+                table=str(tmp_path / "ar.md"), config=config)  # fmt: skip
+    results = run_ar_demo(**args)
+    assert set(results) == set(ROWS)
+    for result in results.values():
+        assert len(result["probe"]) == len(result["lora"]) == 1 and 0 <= result["zero_shot"] <= 1
+    assert run_ar_demo(**args) == results  # resumed: nothing recomputed differs
+    assert "| before pretraining |" in (tmp_path / "ar.md").read_text()

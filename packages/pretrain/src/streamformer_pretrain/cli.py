@@ -8,6 +8,7 @@ streamformer-pretrain zero-shot --checkpoint CKPT --csv val.csv --video_root DIR
 streamformer-pretrain linear-probe --checkpoint CKPT --train_csv train.csv --val_csv val.csv --video_root DIR \
     --label2id label2id.json --cache DIR [--feature global|mean] [--seeds [0,1,2]] [--output r.json]
 streamformer-pretrain ar-curves --checkpoint CKPT --root runs/world --output docs/pretrain/ar-streaming.md
+streamformer-pretrain ar-demo   # `make ar-demo`: zero-shot, probe and LoRA fine-tuning of three backbones over seeds
 streamformer-pretrain finetune fit --config configs/ar/k400-finetune.yaml   # full / LoRA / linear AR fine-tuning
 """
 
@@ -246,12 +247,13 @@ def main(argv: list[str] | None = None) -> None:
 
         CLI({"export": export, "evaluate": evaluate}, args=argv, as_positional=True)
         return
-    if argv[:1] in (["zero-shot"], ["linear-probe"], ["ar-curves"]):  # every argument by name (--checkpoint ...)
+    if argv[:1] in (["zero-shot"], ["linear-probe"], ["ar-curves"], ["ar-demo"]):  # every argument by name
         from jsonargparse import CLI
 
         from .ar import streaming_curves
+        from .ar_demo import run_ar_demo
 
-        commands = {"zero-shot": zero_shot, "linear-probe": linear_probe, "ar-curves": streaming_curves}
+        commands = {"zero-shot": zero_shot, "linear-probe": linear_probe, "ar-curves": streaming_curves, "ar-demo": run_ar_demo}
         CLI(commands, args=argv, as_positional=False)
         return
     if argv[:1] == ["finetune"]:  # AR fine-tuning: its own LightningCLI (fit / validate / test)
