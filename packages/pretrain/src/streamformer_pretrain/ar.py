@@ -557,14 +557,22 @@ def plot_curve(curves: dict[str, list[float]], chance: float, path: str | Path, 
     return path
 
 
+def initial_module(module: StreamFormerPretraining, datamodule: MultiTaskDataModule, seed: int = 0) -> StreamFormerPretraining:
+    """`module` as it was before pretraining: the same settings, initialised afresh from `seed`
+    (so a "before pretraining" row reproduces), in eval mode."""
+    torch.manual_seed(seed)
+    untrained = StreamFormerPretraining(**dict(module.hparams))
+    untrained.build(datamodule, warm_up_text=False)
+    return untrained.eval()
+
+
 def streaming_curves(checkpoint: str | Path, root: str | Path, output: str | Path, device: str | None = None) -> dict:
     """Zero-shot top-1 by frames seen on the world's held-out AR split for the trained model, the
     same with its temporal gates at 0, and the model as initialised before pretraining; the table
     to `output` (Markdown) and the plot beside it (`.png`)."""
     root = Path(root)
     module, datamodule = load_module(checkpoint, str(root), device)
-    untrained = StreamFormerPretraining(**dict(module.hparams)).to(module.device)
-    untrained.build(datamodule, warm_up_text=False)
+    untrained = initial_module(module, datamodule).to(module.device)
     args = (None, root / "ar" / "val.csv", root, root / "ar" / "label2id.json")
     results = {"trained": zero_shot(*args, module=module)}
     results["before pretraining"] = zero_shot(*args, module=untrained.eval())

@@ -26,14 +26,11 @@ ROWS = ("pretrained", "pretrained, gates off", "before pretraining")
 
 def _backbone(row: str, checkpoint: str, world: Path, folder: Path):
     """The row's pretraining module (eval mode) and its backbone saved for fine-tuning."""
-    from .ar import load_module
-    from .module import StreamFormerPretraining
+    from .ar import initial_module, load_module
 
     module, datamodule = load_module(checkpoint, str(world), "cpu")
     if row == "before pretraining":
-        module = StreamFormerPretraining(**dict(module.hparams))
-        module.build(datamodule, warm_up_text=False)
-        module.eval()
+        module = initial_module(module, datamodule)
     if row.endswith("gates off"):
         module.model.timesformer.disable_temporal()
     if not (folder / "backbone" / "config.json").exists():
