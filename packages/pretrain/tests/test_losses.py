@@ -236,27 +236,33 @@ def test_vis_sigmoid_loss_makes_no_tensor_larger_than_its_scores():
         assert (largest.nbytes <= scores.nbytes) == fits, (loss, largest.nbytes)
 
 
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+
 def _peak_growth(shape: tuple[int, ...]) -> tuple[float, float]:
     """In a fresh process: how far the peak resident memory rises over the memory in use, per byte
-    of the scores, in a forward and backward of `vis_sigmoid_loss`, then of the dense reference
-    (second: the peak is a maximum over the process's life, so the dense one can only look larger)."""
-    import resource  # Unix only
-
+    of the scores, in a forward and backward of `vis_sigmoid_loss`, then of the dense reference.
+    The peak is reset before each (`/proc/self/clear_refs`), so neither carries the other's or an
+    earlier peak (an import's, say)."""
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(shape, generator=g, requires_grad=True)
     pixels = (*shape[:2], *shape[3:])
     mask = torch.randint(0, shape[2], pixels, generator=g) * (torch.rand(pixels, generator=g) < 0.1)  # a tenth objects
     growth = []
     for loss in (vis_sigmoid_loss, lambda s, m: dense_vis_loss(s, m, "sigmoid")):
-        with open("/proc/self/statm") as statm:
-            in_use = int(statm.read().split()[1]) * resource.getpagesize()
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # the peak resident size restarts from the current one
+        in_use = _status_bytes("VmRSS")
         loss(scores, mask).backward()
         scores.grad = None
-        growth.append((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - in_use) / scores.nbytes)
+        growth.append((_status_bytes("VmHWM") - in_use) / scores.nbytes)
     return tuple(growth)
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the memory in use from /proc (Linux)")
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="resets and reads the peak memory in /proc (Linux)")
 def test_vis_sigmoid_loss_peaks_well_below_the_dense_version():
     """Measured on the CPU: about 4.2 times the scores' bytes, against 6.9 for the one-hot version.
     What remains is inherent to the loss: the scores' negation and log-sigmoid (and, on the CPU,
