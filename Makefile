@@ -97,8 +97,8 @@ ar-demo: setup
 # Online video instance segmentation on the synthetic world (after `make demo`): CTVIS on a
 # ViT-Adapter around the pretrained tiny backbone, trained on the world's instance masks, every
 # held-out video streamed through the cache and the tracker; AP / AR of the trained model, of the
-# same with the temporal gates off, and of the untrained model. `ovis-demo`: seed 0 (about 10
-# minutes; runs/ovis/demo/); `ovis-seeds`: seeds 0-2, mean ± std (about 30 minutes, finished runs
+# same with the temporal gates off, and of the untrained model. `ovis-demo`: seed 0 (each
+# training about 4 minutes on 2 cores; runs/ovis/demo/); `ovis-seeds`: seeds 0-2, mean ± std (finished runs
 # reused; docs/ovis/synthetic.md and one held-out video's tracks drawn, docs/ovis/overlay.png).
 OVIS := $(BIN)/streamformer-ovis demo --backbone $(TINY)/backbone --world runs/world
 ovis-demo ovis-seeds: setup

@@ -63,10 +63,11 @@ class CTVISCriterion(nn.Module):
     def forward(self, output: HeadOutput, targets: list[ClipTargets]) -> dict[str, Tensor]:
         """Losses of B clips whose T frames each are the rows of `output` (clip-major). Returns each
         weighted term and their sum under "loss"."""
-        frames = {clip.frames for clip in targets}
-        if len(frames) != 1 or len(targets) * frames.copy().pop() != output.logits.shape[0]:
+        lengths = {clip.frames for clip in targets}
+        frames = targets[0].frames if targets else 0
+        if len(lengths) != 1 or len(targets) * frames != output.logits.shape[0]:
             raise ValueError(
-                f"{len(targets)} clips of {sorted(frames)} frames do not match {output.logits.shape[0]} predicted frames"
+                f"{len(targets)} clips of {sorted(lengths)} frames do not match {output.logits.shape[0]} predicted frames"
             )
         classes, masks, ids = frame_targets(targets)
         num_masks = self.num_masks(classes, output.logits.device)
@@ -80,7 +81,7 @@ class CTVISCriterion(nn.Module):
             }
             suffix = "" if layer == len(predictions) - 1 else f"_{layer}"
             losses.update({f"{name}{suffix}": self.weights[name] * value for name, value in parts.items()})
-        reid, aux_reid = contrastive_reid_loss(output.embeds, indices, ids, frames.pop(), self.momentum_embed)
+        reid, aux_reid = contrastive_reid_loss(output.embeds, indices, ids, frames, self.momentum_embed)
         losses["loss_reid"] = self.reid_weight * reid
         losses["loss_aux_reid"] = self.aux_reid_weight * aux_reid
         losses["loss"] = sum(losses.values())
